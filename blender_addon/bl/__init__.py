@@ -1,0 +1,1 @@
+"""The Blender backend: the only modules allowed to import ``bpy`` and ``mathutils``."""
