@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # Test-time knobs: CI=true is set by .ci/run.
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench lint clean help
+.PHONY: setup test demo bench addon lint clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -35,8 +35,11 @@ demo: setup  ## run the main job on the bundled sample scene
 bench: setup  ## run the benchmarks; JSON goes to bench/results/
 	$(PY) -m bench
 
+addon: setup  ## build the installable Blender extension zip into dist/
+	$(PY) -m blender_addon.build_extension --out dist
+
 lint: setup  ## ruff
 	$(PY) -m ruff check .
 
 clean:  ## remove the virtual environment and outputs
-	rm -rf $(VENV) out
+	rm -rf $(VENV) out dist

@@ -1,0 +1,174 @@
+"""Build the installable Blender extension zip (``make addon``).
+
+The extension itself is a shim: a manifest, an ``__init__.py`` that forwards to the real
+package, and wheels. The add-on's code (``blender_addon``) and the wire protocol
+(``protocol``) travel as one pure-Python wheel built here, so their absolute imports work
+unchanged inside Blender; msgpack and pyzmq come from PyPI as binary wheels for each
+declared platform. The zip is then built and validated by Blender's own ``blender_ext``
+tool, which ships inside the ``bpy`` module.
+
+    python -m blender_addon.build_extension --out dist/
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import importlib.util
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+MANIFEST = Path(__file__).with_name("blender_manifest.toml")
+# Exact versions keep the bundled wheels equal to what the tests ran with.
+THIRD_PARTY_WHEELS = ("msgpack==1.2.4", "pyzmq==27.3.0")
+# Blender platform name -> pip platform tags that wheel may carry.
+PIP_PLATFORMS = {
+    "linux-x64": ("manylinux2014_x86_64", "manylinux_2_28_x86_64"),
+    "windows-x64": ("win_amd64",),
+    "macos-arm64": ("macosx_11_0_arm64",),
+}
+BLENDER_PYTHON = "3.11"
+SHIM = '''"""Fisheye Synth extension entry point: the code ships in the bundled wheels."""
+
+
+def register() -> None:
+    import blender_addon
+
+    blender_addon.register()
+
+
+def unregister() -> None:
+    import blender_addon
+
+    blender_addon.unregister()
+'''
+
+
+class BuildError(RuntimeError):
+    """The extension could not be built; the message says which step failed and why."""
+
+
+def _record_line(name: str, data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{name},sha256={digest},{len(data)}"
+
+
+def build_project_wheel(out_dir: Path, version: str) -> Path:
+    """Write a pure-Python wheel holding ``protocol`` and ``blender_addon`` (no torch side)."""
+    dist = f"fisheye_synth_blender-{version}"
+    wheel_path = out_dir / f"fisheye_synth_blender-{version}-py3-none-any.whl"
+    files: list[tuple[str, bytes]] = []
+    for package in ("protocol", "blender_addon"):
+        for path in sorted((PROJECT_ROOT / package).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+                files.append((path.relative_to(PROJECT_ROOT).as_posix(), path.read_bytes()))
+    metadata = (
+        f"Metadata-Version: 2.1\nName: fisheye-synth-blender\nVersion: {version}\n"
+        "Summary: Blender side of fisheye-synth: add-on and wire protocol\n"
+    ).encode()
+    wheel_meta = b"Wheel-Version: 1.0\nGenerator: fisheye-synth\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    files += [(f"{dist}.dist-info/METADATA", metadata), (f"{dist}.dist-info/WHEEL", wheel_meta)]
+    record = "\n".join(_record_line(name, data) for name, data in files)
+    record += f"\n{dist}.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(wheel_path, "w", zipfile.ZIP_DEFLATED) as wheel:
+        for name, data in files + [(f"{dist}.dist-info/RECORD", record.encode())]:
+            info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))  # reproducible
+            info.compress_type = zipfile.ZIP_DEFLATED
+            wheel.writestr(info, data)
+    return wheel_path
+
+
+def download_wheels(out_dir: Path, platforms: list[str]) -> list[Path]:
+    """Fetch binary wheels of the third-party dependencies for every declared platform."""
+    unknown = sorted(set(platforms) - set(PIP_PLATFORMS))
+    if unknown:
+        raise BuildError(f"unknown platform(s) {unknown} in the manifest; known: {sorted(PIP_PLATFORMS)}")
+    before = set(out_dir.glob("*.whl"))
+    for platform in platforms:
+        tags = [arg for tag in PIP_PLATFORMS[platform] for arg in ("--platform", tag)]
+        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                   "--only-binary=:all:", "--python-version", BLENDER_PYTHON,
+                   "--implementation", "cp", *tags, "-d", str(out_dir), *THIRD_PARTY_WHEELS]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise BuildError(
+                f"pip could not download {THIRD_PARTY_WHEELS} for {platform}:\n{result.stderr.strip()}\n"
+                "Check the connection to the package index, or drop the platform from the manifest."
+            )
+    return sorted(set(out_dir.glob("*.whl")) - before)
+
+
+def blender_ext_tool() -> Path:
+    """Blender's extension command-line tool as shipped inside the bpy module."""
+    spec = importlib.util.find_spec("bpy")
+    if spec is None or not spec.submodule_search_locations:
+        raise BuildError("the bpy module is not installed; run `make setup` first")
+    for root in spec.submodule_search_locations:
+        found = sorted(Path(root).glob("*/scripts/addons_core/bl_pkg/cli/blender_ext.py"))
+        if found:
+            return found[-1]
+    raise BuildError("blender_ext.py not found inside the bpy module; is bpy complete?")
+
+
+def stage(stage_dir: Path, *, download: bool = True) -> Path:
+    """Lay out the extension source folder: manifest (with wheels), shim, wheels."""
+    manifest = tomllib.loads(MANIFEST.read_text(encoding="utf-8"))
+    if stage_dir.exists():
+        shutil.rmtree(stage_dir)
+    wheels_dir = stage_dir / "wheels"
+    wheels_dir.mkdir(parents=True)
+    wheels = [build_project_wheel(wheels_dir, manifest["version"])]
+    if download:
+        wheels += download_wheels(wheels_dir, manifest["platforms"])
+    listing = ",\n".join(f'    "./wheels/{w.name}"' for w in sorted(wheels))
+    # Top-level keys must precede the first [table], so the list goes before [permissions].
+    text = MANIFEST.read_text(encoding="utf-8").replace(
+        "\n[permissions]", f"\nwheels = [\n{listing},\n]\n\n[permissions]", 1
+    )
+    (stage_dir / "blender_manifest.toml").write_text(text, encoding="utf-8")
+    (stage_dir / "__init__.py").write_text(SHIM, encoding="utf-8")
+    return stage_dir
+
+
+def build(out_dir: Path, *, download: bool = True) -> Path:
+    """Stage, then build and validate the zip with Blender's tool; returns the zip path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    source = stage(out_dir / "extension_src", download=download)
+    manifest = tomllib.loads((source / "blender_manifest.toml").read_text(encoding="utf-8"))
+    zip_path = out_dir / f"{manifest['id']}-{manifest['version']}.zip"
+    tool = [sys.executable, str(blender_ext_tool())]
+    for args in (["build", "--source-dir", str(source), "--output-filepath", str(zip_path)],
+                 ["validate", str(zip_path)]):
+        result = subprocess.run(tool + args, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise BuildError(f"blender_ext {args[0]} failed:\n{result.stdout}{result.stderr}")
+    return zip_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Install the result in Blender: Edit > Preferences > Get Extensions > "
+               "Install from Disk, or `blender --command extension install-file -r user_default ZIP`.",
+    )
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "dist", help="output folder (default: dist/)")
+    parser.add_argument("--no-download", action="store_true",
+                        help="skip the third-party wheels (offline; the zip then needs them installed in Blender)")
+    args = parser.parse_args(argv)
+    try:
+        zip_path = build(args.out, download=not args.no_download)
+    except BuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"built {zip_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
