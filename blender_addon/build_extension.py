@@ -95,7 +95,7 @@ def download_wheels(out_dir: Path, platforms: list[str]) -> list[Path]:
         command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
                    "--only-binary=:all:", "--python-version", BLENDER_PYTHON,
                    "--implementation", "cp", *tags, "-d", str(out_dir), *THIRD_PARTY_WHEELS]
-        result = subprocess.run(command, capture_output=True, text=True)
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise BuildError(
                 f"pip could not download {THIRD_PARTY_WHEELS} for {platform}:\n{result.stderr.strip()}\n"
@@ -145,7 +145,7 @@ def build(out_dir: Path, *, download: bool = True) -> Path:
     tool = [sys.executable, str(blender_ext_tool())]
     for args in (["build", "--source-dir", str(source), "--output-filepath", str(zip_path)],
                  ["validate", str(zip_path)]):
-        result = subprocess.run(tool + args, capture_output=True, text=True)
+        result = subprocess.run(tool + args, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise BuildError(f"blender_ext {args[0]} failed:\n{result.stdout}{result.stderr}")
     return zip_path

@@ -25,7 +25,7 @@ class CameraModel:
     jpeg_quality: int = 45
 
     @classmethod
-    def sample(cls, rng: np.random.Generator) -> "CameraModel":
+    def sample(cls, rng: np.random.Generator) -> CameraModel:
         """Jitter around a fixed warm, soft, noisy camera so the domain is consistent."""
         return cls(
             blur_radius=float(rng.uniform(0.8, 1.6)),
