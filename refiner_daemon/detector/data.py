@@ -1,0 +1,261 @@
+"""Head-box datasets for the detector: readers for rendered COCO sets and CEPDOF real frames,
+a torch ``Dataset`` that resizes to the network's square input, and augmentation that respects
+the fisheye geometry (rotation about the image centre, flips, photometric jitter).
+
+Head boxes are numpy ``(N, 4)`` arrays in corner form ``[x0, y0, x1, y1]``, in pixels of the
+original image until :class:`HeadDataset` scales them to the input size.
+
+CEPDOF annotates whole people with rotated boxes ``[cx, cy, w, h, angle_deg]`` (angle clockwise
+in image coordinates). Looking down through a fisheye lens the head is the end of the box's long
+axis farther from the image centre; its centre lies half the short side in from that end. The
+head box is a square of side ``head_box_scale`` times the short side (0.6 by default: a head is
+roughly half to two thirds of the shoulder width seen from above).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+
+from refiner_daemon.detector.config import DatasetSpec
+
+
+class DatasetError(ValueError):
+    """A dataset folder that cannot be read; the message says what is wrong and how to fix it."""
+
+
+@dataclass(frozen=True)
+class HeadSample:
+    """One image and its head boxes (``xyxy``, original pixels)."""
+
+    image_path: Path
+    width: int
+    height: int
+    head_boxes: np.ndarray
+
+
+def cepdof_head_box(person_box: Sequence[float], image_width: int, image_height: int,
+                    head_box_scale: float = 0.6) -> np.ndarray:
+    """The head square (``xyxy``) of one CEPDOF rotated person box ``[cx, cy, w, h, angle_deg]``."""
+    cx, cy, w, h, angle_deg = (float(v) for v in person_box[:5])
+    theta = math.radians(angle_deg)
+    # Unit vectors of the box's own axes after a clockwise rotation in y-down image coordinates:
+    # the "height" axis starts pointing up (0, -1), the "width" axis right (1, 0).
+    height_axis = np.array([math.sin(theta), -math.cos(theta)])
+    width_axis = np.array([math.cos(theta), math.sin(theta)])
+    long_axis, long_side, short_side = (height_axis, h, w) if h >= w else (width_axis, w, h)
+    centre = np.array([cx, cy])
+    outward = centre - np.array([image_width / 2.0, image_height / 2.0])
+    if float(outward @ long_axis) < 0:
+        long_axis = -long_axis
+    head_centre = centre + long_axis * (long_side / 2.0 - short_side / 2.0)
+    half = head_box_scale * short_side / 2.0
+    return np.concatenate([head_centre - half, head_centre + half])
+
+
+def load_cepdof(folder: Path, head_box_scale: float = 0.6) -> list[HeadSample]:
+    """Read a CEPDOF folder (``annotations.json`` plus the frames) into head samples."""
+    data = _read_json(folder / "annotations.json")
+    boxes_by_image: dict[str, list[np.ndarray]] = {}
+    images = {str(image["id"]): image for image in data.get("images", [])}
+    for annotation in data.get("annotations", []):
+        image = images.get(str(annotation["image_id"]))
+        if image is None:
+            raise DatasetError(f"{folder}/annotations.json: annotation for unknown image {annotation['image_id']!r}")
+        bbox = annotation.get("bbox", [])
+        if len(bbox) != 5:
+            raise DatasetError(f"{folder}/annotations.json: CEPDOF boxes are [cx, cy, w, h, angle], got {bbox}")
+        boxes_by_image.setdefault(str(image["id"]), []).append(
+            cepdof_head_box(bbox, int(image["width"]), int(image["height"]), head_box_scale))
+    return [
+        HeadSample(folder / image["file_name"], int(image["width"]), int(image["height"]),
+                   np.array(boxes_by_image.get(image_id, []), dtype=np.float64).reshape(-1, 4))
+        for image_id, image in images.items()
+    ]
+
+
+def load_rendered_coco(folder: Path) -> list[HeadSample]:
+    """Read a rendered set (``coco.json`` with ``head_bbox = [x, y, w, h]`` per person)."""
+    data = _read_json(folder / "coco.json")
+    boxes_by_image: dict[int | str, list[list[float]]] = {}
+    for annotation in data.get("annotations", []):
+        if "head_bbox" not in annotation:
+            raise DatasetError(f"{folder}/coco.json: annotation {annotation.get('id')} has no head_bbox; "
+                               "render with head annotations enabled")
+        x, y, w, h = (float(v) for v in annotation["head_bbox"])
+        boxes_by_image.setdefault(annotation["image_id"], []).append([x, y, x + w, y + h])
+    samples = []
+    for image in data.get("images", []):
+        path = folder / image["file_name"]
+        if not path.exists() and (folder / "images" / image["file_name"]).exists():
+            path = folder / "images" / image["file_name"]
+        samples.append(HeadSample(path, int(image["width"]), int(image["height"]),
+                                  np.array(boxes_by_image.get(image["id"], []), np.float64).reshape(-1, 4)))
+    return samples
+
+
+def _read_json(path: Path) -> dict:
+    if not path.exists():
+        raise DatasetError(f"{path} not found: a dataset folder needs coco.json (rendered) "
+                           "or annotations.json (CEPDOF)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def load_samples(spec: DatasetSpec, head_box_scale: float = 0.6) -> list[HeadSample]:
+    """The samples one :class:`DatasetSpec` names: format detected from the folder's files,
+    narrowed to ``spec.images`` and then to ``spec.limit`` after a seeded shuffle."""
+    folder = Path(spec.path)
+    if not folder.is_dir():
+        raise DatasetError(f"dataset folder {folder} does not exist")
+    if (folder / "coco.json").exists():
+        samples = load_rendered_coco(folder)
+    elif (folder / "annotations.json").exists():
+        samples = load_cepdof(folder, head_box_scale)
+    else:
+        raise DatasetError(f"{folder} has neither coco.json (rendered set) nor annotations.json (CEPDOF)")
+    if spec.images is not None:
+        by_name = {s.image_path.name: s for s in samples}
+        missing = [name for name in spec.images if Path(name).name not in by_name]
+        if missing:
+            raise DatasetError(f"{folder}: images {missing[:5]} not in the dataset")
+        samples = [by_name[Path(name).name] for name in spec.images]
+    if spec.limit is not None:
+        order = np.random.default_rng(spec.seed).permutation(len(samples))
+        samples = [samples[i] for i in order[: spec.limit]]
+    for sample in samples:
+        if not sample.image_path.exists():
+            raise DatasetError(f"image {sample.image_path} listed in {folder} is missing")
+    return samples
+
+
+def image_names(spec: DatasetSpec) -> list[str]:
+    """File names of a dataset's images in annotation order (used to split frames)."""
+    return [s.image_path.name for s in load_samples(DatasetSpec(spec.path))]
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def rotate_boxes_about_centre(boxes: np.ndarray, angle_deg: float, size: int) -> np.ndarray:
+    """Rotate box centres by ``angle_deg`` (counter-clockwise on screen, as torchvision's
+    ``rotate``) about the centre of a ``size`` x ``size`` image; sizes are kept, because a head
+    seen from above is round, so its box barely changes under rotation."""
+    if len(boxes) == 0:
+        return boxes
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2.0
+    half_sizes = (boxes[:, 2:] - boxes[:, :2]) / 2.0
+    theta = math.radians(angle_deg)
+    offset = centres - size / 2.0
+    # Counter-clockwise on screen with y pointing down.
+    rotated = np.stack([offset[:, 0] * math.cos(theta) + offset[:, 1] * math.sin(theta),
+                        -offset[:, 0] * math.sin(theta) + offset[:, 1] * math.cos(theta)], axis=1)
+    new_centres = rotated + size / 2.0
+    return np.concatenate([new_centres - half_sizes, new_centres + half_sizes], axis=1)
+
+
+def keep_boxes_inside(boxes: np.ndarray, size: int) -> np.ndarray:
+    """Drop boxes whose centre left the image; clip the rest to it."""
+    if len(boxes) == 0:
+        return boxes.reshape(0, 4)
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2.0
+    inside = ((centres >= 0) & (centres < size)).all(axis=1)
+    return np.clip(boxes[inside], 0.0, float(size))
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Which augmentations to apply; all use the generator they are given (reproducible)."""
+
+    rotation: bool = True
+    flips: bool = True
+    photometric: float = 0.2
+
+    def __call__(self, image: torch.Tensor, boxes: np.ndarray, rng: np.random.Generator
+                 ) -> tuple[torch.Tensor, np.ndarray]:
+        """``image``: float (3, S, S) in [0, 1]; ``boxes``: xyxy in input pixels."""
+        size = image.shape[-1]
+        if self.rotation:
+            angle = float(rng.uniform(0.0, 360.0))
+            image = TF.rotate(image, angle, interpolation=TF.InterpolationMode.BILINEAR)
+            boxes = keep_boxes_inside(rotate_boxes_about_centre(boxes, angle, size), size)
+        if self.flips and rng.random() < 0.5:
+            image = TF.horizontal_flip(image)
+            boxes = boxes.copy()
+            boxes[:, [0, 2]] = size - boxes[:, [2, 0]]
+        if self.flips and rng.random() < 0.5:
+            image = TF.vertical_flip(image)
+            boxes = boxes.copy()
+            boxes[:, [1, 3]] = size - boxes[:, [3, 1]]
+        if self.photometric > 0:
+            strength = self.photometric
+            image = TF.adjust_brightness(image, float(rng.uniform(1 - strength, 1 + strength)))
+            image = TF.adjust_contrast(image, float(rng.uniform(1 - strength, 1 + strength)))
+            image = TF.adjust_saturation(image, float(rng.uniform(1 - strength, 1 + strength)))
+            image = TF.adjust_hue(image, float(rng.uniform(-strength, strength) * 0.1))
+        return image.clamp(0.0, 1.0), boxes
+
+
+# --------------------------------------------------------------------------- torch dataset
+
+
+def load_resized(path: Path, size: int) -> torch.Tensor:
+    """An image as uint8 (3, size, size); non-square images are stretched (fisheye frames are
+    square, so this only matters for odd inputs, and the boxes are scaled the same way)."""
+    with Image.open(path) as image:
+        rgb = image.convert("RGB").resize((size, size), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
+
+
+class HeadDataset(torch.utils.data.Dataset):
+    """Samples resized to ``input_size``; returns ``(image float [0,1], boxes float32 (N, 4))``."""
+
+    def __init__(self, samples: Sequence[HeadSample], input_size: int,
+                 augmentation: Augmentation | None = None, seed: int = 0, cache: bool = True) -> None:
+        if not samples:
+            raise DatasetError("the dataset is empty; check the folder and the images / limit selection")
+        self.samples = list(samples)
+        self.input_size = input_size
+        self.augmentation = augmentation
+        self.seed = seed
+        self.epoch = 0  # set by the training loop so each epoch draws new augmentations
+        self._cache: dict[int, torch.Tensor] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def boxes_in_input(self, index: int) -> np.ndarray:
+        sample = self.samples[index]
+        scale = np.array([self.input_size / sample.width, self.input_size / sample.height] * 2)
+        return sample.head_boxes * scale
+
+    def image_uint8(self, index: int) -> torch.Tensor:
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        image = load_resized(self.samples[index].image_path, self.input_size)
+        if self._cache is not None:
+            self._cache[index] = image
+        return image
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.image_uint8(index).float() / 255.0
+        boxes = self.boxes_in_input(index)
+        if self.augmentation is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            image, boxes = self.augmentation(image, boxes, rng)
+        return image, torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+
+
+def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    images, boxes = zip(*batch)
+    return torch.stack(images), list(boxes)
