@@ -262,12 +262,69 @@ def _sample_bilinear(image: np.ndarray, xs: np.ndarray, ys: np.ndarray, *, clamp
     return result
 
 
+def _sample_bilinear_valid(image: np.ndarray, valid: np.ndarray, xs: np.ndarray, ys: np.ndarray
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear samples that ignore pixels where ``valid`` is False (edge-clamped).
+
+    Returns the samples ``(N, C)``, renormalised over valid neighbours, and the bilinear
+    weight those neighbours carry ``(N,)``: 1 far from invalid pixels, falling continuously
+    to 0 toward them (samples there are 0).
+    """
+    height, width = image.shape[:2]
+    pixels = image.reshape(height, width, -1)
+    x0 = np.floor(xs)
+    y0 = np.floor(ys)
+    fx = xs - x0
+    fy = ys - y0
+    x0 = x0.astype(np.int64)
+    y0 = y0.astype(np.int64)
+    result = np.zeros((xs.size, pixels.shape[2]), dtype=np.float64)
+    coverage = np.zeros(xs.size, dtype=np.float64)
+    for dx, dy, weight in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
+                           (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+        iy = np.clip(y0 + dy, 0, height - 1)
+        ix = np.clip(x0 + dx, 0, width - 1)
+        weight = weight * valid[iy, ix]
+        result += weight[:, None] * pixels[iy, ix].astype(np.float64)
+        coverage += weight
+    has_data = coverage > 0
+    result[has_data] /= coverage[has_data, None]
+    return result, coverage
+
+
 def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Float values back to the image's dtype: rounded and clipped for integer images."""
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         return np.clip(np.rint(values), info.min, info.max).astype(dtype)
     return values.astype(dtype)
+
+
+def _subsample_offsets(scale: float, antialias: bool) -> np.ndarray:
+    """Offsets (crop px) of the ``n x n`` box-filter samples per crop pixel, ``n = ceil(scale)``."""
+    subsamples = max(1, math.ceil(scale - 1e-9)) if antialias else 1
+    return (np.arange(subsamples) + 0.5) / subsamples - 0.5
+
+
+def _crop_grid(record: CropRecord) -> np.ndarray:
+    width, height = record.crop_size
+    us, vs = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
+    return np.stack([us.ravel(), vs.ravel()], axis=1)
+
+
+def valid_crop_pixels(record: CropRecord, *, antialias: bool = True) -> np.ndarray:
+    """Boolean (H, W) map of crop pixels computed from image pixels only: none of their
+    samples read the padding beyond the image border."""
+    width, height = record.image_size
+    grid = _crop_grid(record)
+    valid = np.ones(len(grid), dtype=bool)
+    offsets = _subsample_offsets(record.scale, antialias)
+    for du in offsets:
+        for dv in offsets:
+            src = record.crop_to_source(grid + np.array([du, dv]))
+            valid &= ((src[:, 0] >= 0) & (src[:, 0] <= width - 1)
+                      & (src[:, 1] >= 0) & (src[:, 1] <= height - 1))
+    return valid.reshape(record.crop_size[1], record.crop_size[0])
 
 
 def _resample_to_crop(source: np.ndarray, record: CropRecord, *, pad_value: float,
@@ -279,17 +336,15 @@ def _resample_to_crop(source: np.ndarray, record: CropRecord, *, pad_value: floa
     filter, so downscaled crops do not alias.
     """
     width, height = record.crop_size
-    subsamples = max(1, math.ceil(record.scale - 1e-9)) if antialias else 1
-    us, vs = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
-    offsets = (np.arange(subsamples) + 0.5) / subsamples - 0.5
+    grid = _crop_grid(record)
+    offsets = _subsample_offsets(record.scale, antialias)
     channels = source.shape[2] if source.ndim == 3 else 1
     total = np.zeros((height * width, channels), dtype=np.float64)
     for du in offsets:
         for dv in offsets:
-            grid = np.stack([us.ravel() + du, vs.ravel() + dv], axis=1)
-            src = record.crop_to_source(grid)
+            src = record.crop_to_source(grid + np.array([du, dv]))
             total += _sample_bilinear(source, src[:, 0], src[:, 1], clamp=False, pad_value=pad_value)
-    total /= subsamples * subsamples
+    total /= offsets.size * offsets.size
     return total.reshape(height, width, channels)
 
 
@@ -501,6 +556,17 @@ def _footprint(record: CropRecord, image_hw: tuple[int, int]) -> tuple[int, int,
     return y0, y1, x0, x1
 
 
+def _reaches_border(record: CropRecord) -> bool:
+    """Whether any box-filter sample of the crop may have read beyond the image border."""
+    corners = np.asarray(record.corners)
+    width, height = record.image_size
+    # Samples lie inside the crop area (the corners); one scale unit of slack is conservative.
+    reach = record.scale
+    return bool(corners[:, 0].min() < reach or corners[:, 1].min() < reach
+                or corners[:, 0].max() > width - 1 - reach
+                or corners[:, 1].max() > height - 1 - reach)
+
+
 def reinsert(
     image: np.ndarray,
     crops: Sequence[np.ndarray],
@@ -565,7 +631,14 @@ def reinsert(
         if not keep.any():
             continue
         ys, xs, uv, weight = ys[keep], xs[keep], uv[keep], weight[keep]
-        values = _sample_bilinear(crop, uv[:, 0], uv[:, 1], clamp=True)
+        if _reaches_border(record):
+            # Padded crop pixels carry no image data: leave them out of the interpolation
+            # and let the weight fade out continuously toward them.
+            values, data_weight = _sample_bilinear_valid(
+                crop, valid_crop_pixels(record), uv[:, 0], uv[:, 1])
+            weight = weight * data_weight
+        else:
+            values = _sample_bilinear(crop, uv[:, 0], uv[:, 1], clamp=True)
         # Fancy-index += is safe here: (ys, xs) are unique within one crop.
         weighted_sum[ys + y0, xs + x0] += weight[:, None] * values
         weight_sum[ys + y0, xs + x0] += weight
