@@ -610,7 +610,7 @@ def builtin_pose_bvh(name: str, extra_degrees: dict[str, tuple[float, float, flo
         if extra_degrees and joint in extra_degrees:
             rotation = rotation @ euler_xyz_degrees(extra_degrees[joint])
         # Store as ZYX Euler channels, which reproduce the matrix exactly.
-        z, y, x = _matrix_to_zyx_degrees(rotation)
+        z, y, x = matrix_to_zyx_degrees(rotation)
         if parent == -1:
             channels.append(["Xposition", "Yposition", "Zposition", "Zrotation", "Yrotation", "Xrotation"])
             values.extend([0.0, 0.0, 0.0, z, y, x])
@@ -623,7 +623,7 @@ def builtin_pose_bvh(name: str, extra_degrees: dict[str, tuple[float, float, flo
                frame_time=1.0, _channel_start=[int(s) for s in starts], unit_metres=1.0)
 
 
-def _matrix_to_zyx_degrees(m: np.ndarray) -> tuple[float, float, float]:
+def matrix_to_zyx_degrees(m: np.ndarray) -> tuple[float, float, float]:
     """Angles (z, y, x) in degrees with ``m = Rz @ Ry @ Rx``."""
     sy = -float(m[2, 0])
     y = math.asin(max(-1.0, min(1.0, sy)))

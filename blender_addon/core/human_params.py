@@ -47,6 +47,13 @@ HAIR_COLOURS: tuple[tuple[float, float, float], ...] = (
     (0.36, 0.14, 0.06), (0.62, 0.49, 0.30), (0.58, 0.57, 0.55),
 )
 POSE_KINDS: tuple[str, ...] = ("standing", "sitting")
+# Stature (metres, rest mesh) of an average adult MakeHuman body at height macro 0, 0.5 and 1,
+# measured from the MPFB2 targets. MakeHuman's extremes are far outside real adult statures,
+# so we sample a real stature and invert this curve.
+STATURE_AT_HEIGHT: dict[str, tuple[float, float, float]] = {
+    "female": (1.233, 1.599, 2.322),
+    "male": (1.375, 1.742, 2.464),
+}
 
 RGB = tuple[float, float, float]
 
@@ -106,6 +113,13 @@ def _age_to_years(age: float) -> float:
     return 25.0 + (age - 0.5) / 0.5 * 65.0
 
 
+def height_macro_for_stature(stature_m: float, gender: float) -> float:
+    """The MakeHuman height macro (0..1) that gives roughly ``stature_m`` at this gender."""
+    female, male = STATURE_AT_HEIGHT["female"], STATURE_AT_HEIGHT["male"]
+    curve = [f * (1 - gender) + m * gender for f, m in zip(female, male)]
+    return float(np.clip(np.interp(stature_m, curve, [0.0, 0.5, 1.0]), 0.0, 1.0))
+
+
 def _fabric_colour(rng: np.random.Generator) -> tuple[RGB, float, float]:
     """A fabric colour: uniform hue, Table 7.1 saturation N(0, 0.3) and value N(0.5, 0.2)."""
     saturation = float(min(1.0, abs(rng.normal(0.0, 0.3))))
@@ -133,7 +147,8 @@ def sample_person_params(rng: np.random.Generator) -> PersonParams:
     age = float(rng.uniform(0.5, 0.85))  # 25 to ~70 years: the people in offices
     muscle = float(np.clip(rng.normal(muscle_centre, 0.1), 0.0, 1.0))
     weight = float(np.clip(rng.normal(weight_centre, 0.08), 0.0, 1.0))
-    height = float(np.clip(rng.normal(0.5, 0.18), 0.05, 0.95))
+    stature = float(np.clip(rng.normal(1.63 + 0.14 * gender, 0.07), 1.45, 1.98))
+    height = height_macro_for_stature(stature, gender)
     proportions = float(rng.uniform(0.3, 1.0))
     # Mostly the phenotype's ethnicity, with some admixture.
     dominant = float(rng.uniform(0.6, 1.0))
@@ -152,7 +167,7 @@ def sample_person_params(rng: np.random.Generator) -> PersonParams:
     hair_style = str(rng.choice(HAIR_STYLES, p=[0.03, 0.2, 0.35, 0.42] if female else [0.15, 0.65, 0.17, 0.03]))
     age_years = _age_to_years(age)
     # Grey hair becomes likelier with age.
-    grey_probability = float(np.clip((age_years - 40.0) / 40.0, 0.0, 0.8))
+    grey_probability = float(np.clip((age_years - 45.0) / 50.0, 0.0, 0.6))
     hair_colour = HAIR_COLOURS[5] if rng.random() < grey_probability else \
         HAIR_COLOURS[int(rng.integers(0, 5))]
     return PersonParams(
