@@ -112,16 +112,17 @@ def build_crop_dataset(
     total = sum(len(image.persons) for image in images)
     bar = tqdm(total=total, desc="cropping", unit="person", disable=not progress)
     for image in images:
-        pixels = _load_rgb(image.path) if image.persons else None
+        if not image.persons:
+            continue
+        pixels = _load_rgb(image.path)
         for index, person in enumerate(image.persons):
             bar.update(1)
             name = f"{image.path.stem}_{index}.png"
             fit_mask, is_person_mask = _fit_mask(person, image.width, image.height)
-            assert pixels is not None
             try:
                 crop, record = crop_person(
                     pixels, person.head_xy, size=config.size, image_id=image.image_id,
-                    mask=fit_mask if config.fit == "mask" else None,
+                    mask=fit_mask,  # fitted to with fit="mask"; coverage is reported either way
                     scale=config.min_scale if config.fit == "none" else None,
                     min_scale=config.min_scale, max_scale=config.max_scale,
                     fit_margin_px=config.fit_margin_px, antialias=config.antialias,
