@@ -9,9 +9,9 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from blender_addon.bl import humans  # noqa: E402
-from blender_addon.core import bvh as B  # noqa: E402
-from blender_addon.core.human_params import PoseChoice, sample_person_params, sample_pose  # noqa: E402
+from blender_addon.bl import humans
+from blender_addon.core import bvh as B
+from blender_addon.core.human_params import PoseChoice, sample_person_params, sample_pose
 
 MOCAP_FILES = ("cmu_01_01.bvh", "cmu_131_01_3dsmax.bvh")
 # Bones whose direction a capture fully determines (segment leaves the joint directly).
