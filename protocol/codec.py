@@ -65,10 +65,14 @@ def encode(
         contiguous = np.ascontiguousarray(array)
         specs.append({"field": name, "dtype": dtype_name, "shape": list(contiguous.shape)})
         frames.append(memoryview(contiguous.reshape(-1).view(np.uint8)))
-    header = msgpack.packb(
-        {"v": version, "type": message.TYPE, "body": message.header_fields(), "arrays": specs},
-        use_bin_type=True,
-    )
+    try:
+        header = msgpack.packb(
+            {"v": version, "type": message.TYPE, "body": message.header_fields(),
+             "arrays": specs},
+            use_bin_type=True,
+        )
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. metadata nested too deeply
+        raise MalformedMessageError(f"cannot pack the {message.TYPE} header: {exc}") from None
     total = len(header) + sum(frame.nbytes for frame in frames)  # type: ignore[union-attr]
     if len(header) > limits.max_header_bytes:
         raise MessageTooLargeError(
@@ -105,7 +109,10 @@ def _unpack_header(view: memoryview) -> dict[str, Any]:
             strict_map_key=True,
             use_list=True,
             ext_hook=_refuse_ext,
-            timestamp=0,
+            # No bin and no ext values (timestamps included): a header then holds only
+            # JSON types, which lets message construction skip re-checking them.
+            max_bin_len=0,
+            max_ext_len=0,
         )
     except ProtocolError:
         raise

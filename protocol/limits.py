@@ -36,7 +36,6 @@ class Limits:
     max_crops: crops in one refine request or reply.
     max_crop_side: height and width of one crop, in pixels.
     max_array_ndim / max_array_axis: any array's number of axes and length of one axis.
-    max_text_chars: any string field (ids, names, messages).
     allowed_dtypes: names from ``WIRE_DTYPES``.
     """
 
@@ -47,7 +46,6 @@ class Limits:
     max_crop_side: int = 1024
     max_array_ndim: int = 4
     max_array_axis: int = 4096
-    max_text_chars: int = 4096
     allowed_dtypes: tuple[str, ...] = ("uint8", "float32")
 
     def __post_init__(self) -> None:

@@ -15,6 +15,7 @@ limit).
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import math
 import uuid
@@ -27,7 +28,6 @@ import numpy as np
 from protocol.errors import (
     DtypeNotAllowedError,
     InvalidFieldError,
-    LimitExceededError,
     ShapeNotAllowedError,
     TooManyCropsError,
 )
@@ -84,8 +84,16 @@ def _check_choice(owner: str, name: str, value: Any, choices: tuple[str, ...]) -
         raise _fail(owner, name, f"{value!r} is not one of {list(choices)}")
 
 
+# Set while the codec builds a message from a header it unpacked itself: msgpack was told to
+# refuse bin and ext types there, so every value is already plain JSON data and walking it
+# again would only cost time (it was most of the decode time for crops with metadata).
+_FROM_WIRE: contextvars.ContextVar[bool] = contextvars.ContextVar("_FROM_WIRE", default=False)
+
+
 def _check_jsonable(owner: str, name: str, value: Any, depth: int = 0) -> None:
     """Accept only JSON-like values, so nothing but plain data ever reaches msgpack."""
+    if depth == 0 and _FROM_WIRE.get():
+        return
     if depth > MAX_JSON_DEPTH:
         raise _fail(owner, name, f"nested deeper than {MAX_JSON_DEPTH} levels")
     if value is None or isinstance(value, (bool, str)):
@@ -158,6 +166,9 @@ class WireRecord:
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _to_wire(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
 
+    def to_plain(self) -> dict[str, Any]:
+        return _to_plain(self.to_dict())
+
 
 @dataclass(frozen=True, kw_only=True)
 class Capabilities(WireRecord):
@@ -206,11 +217,24 @@ class JobInfo(WireRecord):
 
 
 def _to_wire(value: Any) -> Any:
-    """Turn a field value into msgpack-ready plain data."""
+    """Turn a field value into msgpack-ready data: records become dicts, and a tuple of
+    records a list of dicts. Plain dicts, lists and tuples pass as they are (msgpack packs a
+    tuple as an array), so metadata is not copied."""
     if isinstance(value, WireRecord):
         return value.to_dict()
+    if isinstance(value, tuple) and value and isinstance(value[0], WireRecord):
+        return [item.to_dict() for item in value]
+    return value
+
+
+def _to_plain(value: Any) -> Any:
+    """Deep copy with records as dicts and tuples as lists: what a value looks like decoded."""
+    if isinstance(value, WireRecord):
+        return _to_plain(value.to_dict())
     if isinstance(value, (tuple, list)):
-        return [_to_wire(item) for item in value]
+        return [_to_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _to_plain(item) for key, item in value.items()}
     return value
 
 
@@ -218,6 +242,8 @@ def _to_wire(value: Any) -> Any:
 # Messages.
 
 MESSAGE_TYPES: dict[str, type[Message]] = {}
+_HEADER_FIELD_ORDER: dict[type, tuple[str, ...]] = {}
+_HEADER_FIELD_SET: dict[type, frozenset[str]] = {}
 
 M = TypeVar("M", bound="Message")
 
@@ -279,7 +305,7 @@ class Message:
                     and np.array_equal(mine, theirs)
                 ):
                     return False
-            elif _to_wire(mine) != _to_wire(theirs):
+            elif _to_plain(mine) != _to_plain(theirs):
                 return False
         return True
 
@@ -288,11 +314,7 @@ class Message:
     # ---- wire helpers used by protocol.codec
     def header_fields(self) -> dict[str, Any]:
         """The non-array fields as plain msgpack-ready data."""
-        return {
-            f.name: _to_wire(getattr(self, f.name))
-            for f in dataclasses.fields(self)
-            if f.name not in self.ARRAY_FIELDS
-        }
+        return {name: _to_wire(getattr(self, name)) for name in self.header_field_order()}
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The array fields that are present (None ones are left out)."""
@@ -300,8 +322,24 @@ class Message:
         return {name: value for name, value in found.items() if value is not None}
 
     @classmethod
+    def header_field_order(cls) -> tuple[str, ...]:
+        """Header field names in declaration order (cached: encode calls it every time)."""
+        names = _HEADER_FIELD_ORDER.get(cls)
+        if names is None:
+            names = tuple(
+                f.name for f in dataclasses.fields(cls) if f.name not in cls.ARRAY_FIELDS
+            )
+            _HEADER_FIELD_ORDER[cls] = names
+            _HEADER_FIELD_SET[cls] = frozenset(names)
+        return names
+
+    @classmethod
     def header_field_names(cls) -> frozenset[str]:
-        return frozenset(f.name for f in dataclasses.fields(cls) if f.name not in cls.ARRAY_FIELDS)
+        names = _HEADER_FIELD_SET.get(cls)
+        if names is None:
+            cls.header_field_order()
+            names = _HEADER_FIELD_SET[cls]
+        return names
 
     @classmethod
     def from_wire(cls, body: dict[str, Any], arrays: dict[str, np.ndarray]) -> Self:
@@ -318,13 +356,18 @@ class Message:
                     values[name] = record.from_dict(raw)
         for name in cls.ARRAY_FIELDS:
             values[name] = arrays.get(name)
-        return cls(**values)
+        token = _FROM_WIRE.set(True)
+        try:
+            return cls(**values)
+        finally:
+            _FROM_WIRE.reset(token)
 
     # ---- limits
     def check_limits(self, limits: Limits) -> None:
-        """Raise a LimitExceededError subclass naming the limit this message breaks."""
-        for name, value in self.header_fields().items():
-            _check_text_lengths(f"{type(self).__name__}.{name}", value, limits)
+        """Raise a LimitExceededError subclass naming the limit this message breaks.
+
+        Header size is checked by the codec on the packed bytes.
+        """
         for name, array in self.arrays().items():
             check_array_spec(name, _dtype_name(array), array.shape, limits)
 
@@ -334,21 +377,6 @@ def _dtype_name(array: np.ndarray) -> str:
         if array.dtype == dtype:
             return name
     return str(array.dtype)
-
-
-def _check_text_lengths(where: str, value: Any, limits: Limits) -> None:
-    if isinstance(value, str):
-        if len(value) > limits.max_text_chars:
-            raise LimitExceededError(
-                "max_text_chars", f"{where} has {len(value)} characters (> {limits.max_text_chars})"
-            )
-    elif isinstance(value, list):
-        for item in value:
-            _check_text_lengths(where, item, limits)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_text_lengths(where, key, limits)
-            _check_text_lengths(where, item, limits)
 
 
 def check_array_spec(name: str, dtype: str, shape: tuple[int, ...], limits: Limits) -> None:
@@ -395,6 +423,10 @@ def _normalise_meta(owner: str, meta: Any, count: int) -> tuple[dict[str, Any], 
         return tuple({} for _ in range(count))
     if len(items) != count:
         raise _fail(owner, "meta", f"has {len(items)} entries for {count} crops")
+    if _FROM_WIRE.get():  # the codec's msgpack settings already guarantee JSON values
+        if not all(type(item) is dict for item in items):
+            raise _fail(owner, "meta", "every entry must be a dict")
+        return items
     for item in items:
         _check_dict(owner, "meta", item)
     return items

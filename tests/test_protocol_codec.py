@@ -178,9 +178,9 @@ def test_crop_side_and_message_size_limits() -> None:
         decode([frames[0]] * 20)
 
 
-def test_text_limit() -> None:
-    with pytest.raises(ProtocolError, match="max_text_chars"):
-        encode(ErrorReply(code="internal", message="x" * 5000))
+def test_header_size_limit() -> None:
+    with pytest.raises(MessageTooLargeError, match="max_header_bytes"):
+        encode(ErrorReply(code="internal", message="x" * 5000), limits=Limits(max_header_bytes=4096))
 
 
 def _forge(header: dict, *arrays: bytes) -> list[bytes]:
@@ -223,9 +223,13 @@ def test_forged_huge_shape_allocates_nothing() -> None:
 def test_unknown_type_and_extension_types_are_refused() -> None:
     with pytest.raises(UnknownMessageTypeError, match="valid:"):
         decode(_forge(_request_header(type="pickle")))
-    ext_header = msgpack.packb({"v": PROTOCOL_VERSION, "type": msgpack.ExtType(5, b"x")})
-    with pytest.raises(MalformedMessageError, match="extension type 5"):
-        decode([ext_header])
+    # Extension types (timestamps too) and bin values never reach message construction.
+    for value, limit in [(msgpack.ExtType(5, b"x"), "max_ext_len"),
+                         (msgpack.Timestamp(1, 0), "max_ext_len"), (b"raw", "max_bin_len")]:
+        body = {"request_id": "r", "client": value, "client_version": ""}
+        header = {"v": PROTOCOL_VERSION, "type": "handshake", "body": body, "arrays": []}
+        with pytest.raises(MalformedMessageError, match=limit):
+            decode([msgpack.packb(header, use_bin_type=True)])
 
 
 def test_peek_request_id_never_raises() -> None:
