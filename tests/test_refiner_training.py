@@ -51,11 +51,11 @@ def domains(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def _cfg(run_dir: Path, domains: tuple[Path, Path], **changes: object) -> RefinerConfig:
-    values: dict[str, object] = dict(
-        run_dir=str(run_dir), synthetic_dir=str(domains[0]), real_dir=str(domains[1]),
-        preset="C_CP+S", epochs=4, batch_size=4, crop_size=(SIZE, SIZE), width=8, disc_width=8,
-        n_blocks=1, attention_width=4, pool_size=8, progress=False, tensorboard=False,
-        checkpoint_every=1000)
+    values: dict[str, object] = {
+        "run_dir": str(run_dir), "synthetic_dir": str(domains[0]), "real_dir": str(domains[1]),
+        "preset": "C_CP+S", "epochs": 4, "batch_size": 4, "crop_size": (SIZE, SIZE), "width": 8, "disc_width": 8,
+        "n_blocks": 1, "attention_width": 4, "pool_size": 8, "progress": False, "tensorboard": False,
+        "checkpoint_every": 1000}
     values.update(changes)
     return RefinerConfig.from_dict(values)
 
