@@ -160,3 +160,22 @@ def test_missing_data_package_is_reported(monkeypatch: pytest.MonkeyPatch) -> No
                              sample_pose(np.random.default_rng(0), "standing"), name="nodata",
                              location=(0, 0, 0), heading_rad=0, pass_index=1)
     assert _scene_counts() == before
+
+
+def test_mblab_missing_is_reported_and_auto_falls_back() -> None:
+    from blender_addon.bl import mblab
+
+    ok, message = mblab.availability()
+    if ok:
+        pytest.skip("MB-Lab is installed here; the fallback path is not exercised")
+    assert "github.com/animate1978/MB-Lab" in message
+    rng = np.random.default_rng(2)
+    params, pose = sample_person_params(rng), sample_pose(rng, "standing")
+    with pytest.raises(mblab.MbLabMissing, match="not installed"):
+        mblab.create_person_auto(params, pose, name="mb", location=(0, 5, 0), heading_rad=0, pass_index=3,
+                                 backend="mblab")
+    with pytest.warns(RuntimeWarning, match="MB-Lab is not installed"):
+        handle = mblab.create_person_auto(params, pose, name="mb", location=(0, 5, 0), heading_rad=0,
+                                          pass_index=3)
+    assert handle.record["backend"] == humans.BACKEND_NAME
+    humans.remove_person(handle)
