@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import bpy
 import numpy as np
@@ -204,7 +204,7 @@ def add_furniture_holdouts(furniture: Iterable[object]) -> bpy.types.Collection:
     collection = bpy.data.collections.new(FURNITURE_COLLECTION)
     bpy.context.scene.collection.children.link(collection)
     for item in furniture:
-        if not getattr(item, "holdout"):
+        if not item.holdout:
             continue
         obj = add_box(f"holdout_{item.name}", item.center, item.size, item.yaw_deg,
                       collection=collection)
@@ -278,8 +278,6 @@ def add_mask_layer(name: str, include: bpy.types.Collection, all_people: Sequenc
         keep = child.collection == include
         if child.collection in all_people or child.collection.name == FURNITURE_COLLECTION:
             child.exclude = not keep
-    # Everything that is not a person (floor, markers) is hidden from this layer.
-    layer.use_solid = True
 
 
 def remove_extra_view_layers() -> None:
@@ -291,7 +289,7 @@ def remove_extra_view_layers() -> None:
 
 def read_multilayer_exr(path: Path) -> dict[str, dict[str, np.ndarray]]:
     """``{layer: {pass: array}}`` with arrays (H, W) or (H, W, C), row 0 at the top."""
-    import OpenEXR  # noqa: PLC0415 (only needed after a render)
+    import OpenEXR
 
     layers: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     # Blender 5 writes one EXR part per pass; channels are named "<layer>.<pass>.<component>".

@@ -101,7 +101,7 @@ class LensModel:
     @staticmethod
     def from_opencv_fisheye(
         fx: float, fy: float, k: tuple[float, float, float, float], fov_deg: float = 180.0
-    ) -> "LensModel":
+    ) -> LensModel:
         """An OpenCV ``cv2.fisheye`` calibration (K, D). Needs square pixels (fx ~ fy)."""
         if abs(fx - fy) > 0.01 * max(fx, fy):
             raise FisheyeError(
@@ -264,7 +264,7 @@ class FisheyeCamera:
         cx, cy = self.principal_point
         half = max(cx, self.width - cx, cy, self.height - cy)
         canvas = int(2 * math.ceil(half))
-        return canvas, (int(round(canvas / 2 - cx)), int(round(canvas / 2 - cy)))
+        return canvas, (round(canvas / 2 - cx), round(canvas / 2 - cy))
 
     def effective_principal_point(self) -> tuple[float, float]:
         """Where Cycles puts the optical axis in output pixels (after whole-pixel cropping)."""

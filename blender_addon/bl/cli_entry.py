@@ -1,0 +1,64 @@
+"""Entry point of the render CLI, for both ways of running Blender headless.
+
+    python -m blender_addon.bl.cli_entry --help                       # the pip ``bpy`` module
+    blender -b --factory-startup -P blender_addon/bl/cli_entry.py -- --help   # a Blender binary
+
+Run from a Blender binary, Blender's own Python needs this project's dependencies (numpy
+ships with Blender; Pillow, OpenEXR, tqdm and msgpack must be importable, e.g. by putting
+a Python 3.11 ``site-packages`` that has them on ``PYTHONPATH``). Worker processes are
+started the same way the parent was started.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script by Blender (-P): make the project importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import bpy
+
+from blender_addon.core.render_cli import Backend, run
+
+ENTRY_FILE = Path(__file__).resolve()
+
+
+def _script_args() -> list[str]:
+    """Arguments meant for us: after ``--`` under a Blender binary, else all of them."""
+    if bpy.app.binary_path and "--" in sys.argv:
+        return sys.argv[sys.argv.index("--") + 1:]
+    if bpy.app.binary_path:
+        return []
+    return sys.argv[1:]
+
+
+def worker_command(out: Path, frames: list[int], threads: int) -> list[str]:
+    tail = ["--out", str(out), "--worker-frames", ",".join(map(str, frames)),
+            "--threads", str(threads)]
+    if bpy.app.binary_path:
+        return [bpy.app.binary_path, "-b", "--factory-startup", "-noaudio", "-P", str(ENTRY_FILE),
+                "--", *tail]
+    return [sys.executable, "-m", "blender_addon.bl.cli_entry", *tail]
+
+
+def render_in_process(out: Path, frames: list[int], threads: int) -> None:
+    from blender_addon.bl.render import render_frames
+
+    render_frames(out, frames, threads)
+
+
+def main() -> int:
+    return run(_script_args(), Backend(worker_command, render_in_process))
+
+
+if __name__ == "__main__":
+    code = main()
+    if bpy.app.binary_path:
+        # Under a Blender binary a script's exit code is lost unless we exit explicitly.
+        sys.stdout.flush()
+        import os
+
+        os._exit(code)
+    raise SystemExit(code)

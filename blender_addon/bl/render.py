@@ -1,0 +1,248 @@
+"""Renders annotated frames of a scene in Cycles (the Blender side of ``core.batch``).
+
+``FrameRenderer(scene, config)`` builds the static part once per worker process (Cycles
+settings, fisheye camera, shadow-catcher floor, furniture holdouts); ``render_frame(i)``
+then, for frame i: draws its recipe, adds the people (each in its own collection, with its
+instance id as ``pass_index``), lights the room, animates a small shift for motion blur,
+adds one 1-sample view layer per person (their unoccluded silhouettes), renders everything
+in one call, composites the people and their shadows over the room photo, derives the
+annotations in numpy, writes image, mask and per-frame JSON (last), and removes the people.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bpy
+import numpy as np
+
+from blender_addon.bl import scene_build
+from blender_addon.core import batch, dataset
+from blender_addon.core.batch import BatchConfig, FrameRecipe, PersonRecipe
+from blender_addon.core.scene_format import SceneSpec, load_scene
+
+FPS = 24
+MASK_LAYER_PREFIX = "mask_"
+
+
+@dataclass
+class _Person:
+    """A person in the Blender scene, whatever backend made them."""
+
+    recipe: PersonRecipe
+    collection: bpy.types.Collection
+    root: bpy.types.Object  # the object that carries the motion-blur keyframes
+    head_world: np.ndarray
+    record: dict[str, Any]
+    handle: Any = None  # humans.PersonHandle for the mpfb2 backend
+
+
+def _proxy_person(recipe: PersonRecipe, collection: bpy.types.Collection) -> _Person:
+    """A geometric stand-in (body box, head sphere): fast pipeline tests, not a human model."""
+    root = bpy.data.objects.new(f"{recipe.name}_root", None)
+    collection.objects.link(root)
+    standing = recipe.kind == "standing"
+    base_z = recipe.location[2]  # floor (standing) or seat height (sitting)
+    body_height = 1.45 if standing else 0.6
+    head_z = base_z + (1.62 if standing else 0.8)
+    body = scene_build.add_box(f"{recipe.name}_body", (0.0, 0.0, 0.0), (0.3, 0.45, body_height),
+                               collection=collection)
+    body.location = (0.0, 0.0, body_height / 2)
+    head = scene_build.add_marker(f"{recipe.name}_head", (0.0, 0.0, head_z - base_z),
+                                  0.11, recipe.pass_index, collection)
+    head.data.materials.clear()
+    material = bpy.data.materials.get("proxy_skin") or scene_build._material("proxy_skin", (0.8, 0.55, 0.4))
+    body.data.materials.append(material)
+    head.data.materials.append(material)
+    for obj in (body, head):
+        obj.parent = root
+        obj.pass_index = recipe.pass_index
+    root.location = recipe.location
+    root.rotation_euler = (0.0, 0.0, recipe.heading_rad)
+    head_world = np.array([recipe.location[0], recipe.location[1], head_z])
+    return _Person(recipe, collection, root, head_world,
+                   {"backend": "proxy", "head_world": head_world.tolist()})
+
+
+class FrameRenderer:
+    """Renders frames of one run; one instance per worker process."""
+
+    def __init__(self, config: BatchConfig, out: Path, scene: SceneSpec | None = None,
+                 threads: int = 0) -> None:
+        self.config = config
+        self.out = Path(out)
+        self.scene = scene or load_scene(config.scene)
+        self.camera = self.scene.camera_for(config.render.resolution)
+        self.settings = self.camera.cycles_settings()
+        self.pose_library = None
+        if config.pose_library:
+            from blender_addon.core.bvh import PoseLibrary
+
+            self.pose_library = PoseLibrary(config.pose_library)
+        scene_build.reset_blender()
+        render = config.render
+        self.device = scene_build.configure_cycles(scene_build.CyclesOptions(
+            samples=render.samples, adaptive_threshold=render.adaptive_threshold,
+            denoise=render.denoise, motion_blur_shutter=render.motion_blur_shutter,
+            device=render.device, threads=threads), self.camera.width, self.camera.height)
+        scene_build.add_fisheye_camera(self.camera)
+        scene_build.add_shadow_catcher_floor(self.scene.floor_extent(margin=3.0))
+        scene_build.add_furniture_holdouts(self.scene.furniture)
+        bpy.context.scene.render.fps = FPS
+        bpy.context.preferences.edit.keyframe_new_interpolation_type = "LINEAR"
+        self.photo = dataset.load_photo_linear(self.scene.photo_path, (self.camera.width, self.camera.height))
+        tint = self.photo.reshape(-1, 3).mean(axis=0)
+        self.photo_tint = tint / max(float(tint.max()), 1e-6)
+        self.scene_hashes = {
+            "scene_json_sha256": batch.file_sha256(self.scene.root / "scene.json"),
+            "photo_sha256": batch.file_sha256(self.scene.photo_path),
+        }
+
+    # -- people --------------------------------------------------------------------------------
+
+    def _add_people(self, recipe: FrameRecipe) -> list[_Person]:
+        people: list[_Person] = []
+        try:
+            for person in recipe.people:
+                collection = bpy.data.collections.new(person.name)
+                bpy.context.scene.collection.children.link(collection)
+                if self.config.human_backend == "proxy":
+                    people.append(_proxy_person(person, collection))
+                    continue
+                from blender_addon.bl import humans
+
+                try:
+                    handle = humans.create_person(
+                        person.params, person.pose, name=person.name, location=person.location,
+                        heading_rad=person.heading_rad, pass_index=person.pass_index,
+                        library=self.pose_library, collection=collection)
+                except BaseException:
+                    bpy.data.collections.remove(collection)
+                    raise
+                record = {k: v for k, v in handle.record.items() if k != "objects"}
+                people.append(_Person(person, collection, handle.armature,
+                                      np.asarray(handle.head_world, dtype=np.float64), record, handle))
+        except BaseException:
+            self._remove_people(people)
+            raise
+        return people
+
+    def _animate(self, people: list[_Person]) -> None:
+        """Keys at frames 0 and 2 around the true position at frame 1: motion blur only."""
+        scene = bpy.context.scene
+        scene.frame_set(1)
+        if self.config.render.motion_blur_shutter <= 0:
+            return
+        for person in people:
+            root = person.root
+            base = np.array(root.location)
+            step = np.asarray(person.recipe.velocity_mps) / FPS
+            for frame, sign in ((0, -1.0), (2, 1.0)):
+                root.location = tuple(base + sign * step)
+                root.keyframe_insert("location", frame=frame)
+            root.location = tuple(base)
+        scene.frame_set(1)
+
+    def _remove_people(self, people: list[_Person]) -> None:
+        for person in people:
+            if person.handle is not None:
+                from blender_addon.bl import humans
+
+                humans.remove_person(person.handle)
+            for obj in list(person.collection.all_objects):
+                data = obj.data
+                obj.animation_data_clear()
+                bpy.data.objects.remove(obj, do_unlink=True)
+                if data is not None and data.users == 0 and isinstance(data, bpy.types.Mesh):
+                    bpy.data.meshes.remove(data)
+            bpy.data.collections.remove(person.collection)
+        for action in list(bpy.data.actions):
+            if action.users == 0:
+                bpy.data.actions.remove(action)
+
+    # -- one frame -----------------------------------------------------------------------------
+
+    def render_frame(self, index: int) -> dict[str, Any]:
+        started = time.monotonic()
+        recipe = batch.sample_frame_recipe(self.scene, self.config, index, self.pose_library)
+        lighting = recipe.lighting
+        ambient = tuple(float(c * t) for c, t in zip(lighting.ambient_color, self.photo_tint))
+        scene_build.apply_lighting(scene_build.Lighting(
+            lighting.sun_elevation_deg, lighting.sun_azimuth_deg, lighting.sun_strength,
+            lighting.sun_angle_deg, lighting.sun_color, ambient, lighting.ambient_strength))
+        bpy.context.scene.cycles.seed = recipe.cycles_seed
+        people = self._add_people(recipe)
+        try:
+            self._animate(people)
+            collections = [p.collection for p in people]
+            for person in people:
+                scene_build.add_mask_layer(f"{MASK_LAYER_PREFIX}{person.recipe.pass_index}",
+                                           person.collection, collections)
+            passes = scene_build.render_layers(self.out / ".tmp")
+        finally:
+            scene_build.remove_extra_view_layers()
+            self._remove_people(people)
+        record = self._write(index, recipe, people, passes)
+        print(f"frame {index}: {len(people)} people, {time.monotonic() - started:.1f} s", flush=True)
+        return record
+
+    def _crop(self, array: np.ndarray) -> np.ndarray:
+        ox, oy = self.settings.crop_offset_px
+        return array[oy:oy + self.camera.height, ox:ox + self.camera.width]
+
+    def _write(self, index: int, recipe: FrameRecipe, people: list[_Person],
+               passes: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+        main = passes[scene_build.MAIN_LAYER]
+        combined = self._crop(main["Combined"])
+        catcher = self._crop(main["Shadow Catcher"]) if "Shadow Catcher" in main else None
+        image = dataset.composite_over_photo(combined, catcher, self.photo)
+        valid_ids = {p.recipe.pass_index for p in people}
+        ids = np.rint(self._crop(main["Object Index"])).astype(np.int64)
+        ids[~np.isin(ids, list(valid_ids))] = 0
+        full_masks = {}
+        for person in people:
+            layer = passes.get(f"{MASK_LAYER_PREFIX}{person.recipe.pass_index}", {})
+            if "Object Index" in layer:
+                full_masks[person.recipe.pass_index] = (
+                    np.rint(self._crop(layer["Object Index"])) == person.recipe.pass_index)
+        heads = {p.recipe.pass_index: p.head_world for p in people}
+        annotations, hidden = dataset.annotate_people(ids, full_masks, heads, self.camera,
+                                                      self.config.head_radius_m)
+        name = batch.frame_name(index)
+        record = {
+            "index": index,
+            "frame": name,
+            "image": f"images/{name}.png",
+            "mask": f"masks/{name}.png",
+            "width": self.camera.width,
+            "height": self.camera.height,
+            "annotations": annotations,
+            "hidden_people": hidden,
+            "camera": self.camera.to_dict(),
+            "scene": self.scene.to_dict(),
+            "manifest": {
+                "global_seed": self.config.seed,
+                "frame_seed": recipe.seed,
+                "scene_dir": self.config.scene,
+                **self.scene_hashes,
+                "config": self.config.to_dict(),
+                "recipe": recipe.to_dict(),
+                "people": [p.record for p in people],
+                "versions": batch.versions(),
+            },
+        }
+        dataset.write_frame(self.out, name, image, ids.astype(np.uint16), record)
+        return record
+
+
+def render_frames(out: Path, frames: list[int], threads: int = 0) -> None:
+    """Worker body: render ``frames`` of the run in ``out`` (skipping finished ones)."""
+    config = batch.load_run_config(out)
+    renderer = FrameRenderer(config, out, threads=threads)
+    for index in frames:
+        if batch.frame_done(out, index):
+            continue
+        renderer.render_frame(index)

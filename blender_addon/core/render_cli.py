@@ -1,0 +1,195 @@
+"""The render command line, without Blender: options, validation, sharding, resume, progress.
+
+The Blender entry point (``blender_addon/bl/cli_entry.py``) hands this module a backend
+that knows how to start a worker process and how to render frames in-process; everything
+else (parsing, the run folder, which frames are missing, the worker pool, the progress bar,
+rebuilding coco.json) happens here and is testable without Blender.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from blender_addon.core import batch
+from blender_addon.core.batch import BatchConfig, BatchError
+from blender_addon.core.dataset import build_coco
+from blender_addon.core.placement import PlacementConfig, PlacementError, check_capacity
+from blender_addon.core.scene_format import SceneFormatError, load_scene
+
+EPILOG = """\
+examples:
+  # 8 quick frames of the sample office (the demo's setting)
+  python -m blender_addon.bl.cli_entry --scene scenes/sample_office --count 8 \\
+      --preset fast --out out/render_demo
+  # the same from the Blender binary
+  blender -b --factory-startup -P blender_addon/bl/cli_entry.py -- \\
+      --scene scenes/sample_office --count 8 --preset fast --out out/render_demo
+  # 1000 frames at default quality, 2 local worker processes, resumable
+  python -m blender_addon.bl.cli_entry --scene scenes/sample_office --count 1000 \\
+      --seed 7 --workers 2 --out out/s1000
+  # machine 3 of a 16-machine job array (all write into the same --out, or merge after)
+  python -m blender_addon.bl.cli_entry ... --shard 3/16
+  # after all shards finished: rebuild coco.json from every frame's JSON
+  python -m blender_addon.bl.cli_entry --out out/s1000 --rebuild-coco
+
+Rerunning an interrupted command renders only the missing frames; frame i is the same
+whichever shard, worker or attempt renders it (its seed comes from --seed and i).
+"""
+
+
+def _int_range(text: str) -> tuple[int, int]:
+    try:
+        low, high = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX (e.g. 1,5), got {text!r}") from None
+    return low, high
+
+
+def _frame_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated frame numbers, got {text!r}") from None
+
+
+def build_parser(prog: str = "python -m blender_addon.bl.cli_entry") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Render an annotated synthetic fisheye dataset: people from MakeHuman data "
+                    "posed with mocap, placed in a scene's room photo, with head points, boxes, "
+                    "instance masks and COCO JSON.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = parser.add_argument_group("what to render")
+    what.add_argument("--scene", help="scene folder (with scene.json), e.g. scenes/sample_office")
+    what.add_argument("--count", type=int, help="number of frames in the dataset")
+    what.add_argument("--seed", type=int, default=0, help="global seed (default 0)")
+    what.add_argument("--out", type=Path, required=True, help="output dataset folder")
+    what.add_argument("--sitting", type=_int_range, default=(1, 5),
+                      help="sitting people per frame, inclusive MIN,MAX (default 1,5: thesis Table 7.2)")
+    what.add_argument("--standing", type=_int_range, default=(0, 4),
+                      help="standing people per frame, inclusive MIN,MAX (default 0,4)")
+    what.add_argument("--human-backend", choices=batch.HUMAN_BACKENDS, default="mpfb2",
+                      help="mpfb2: MakeHuman people (default); proxy: box-and-sphere stand-ins "
+                           "for fast pipeline tests")
+    what.add_argument("--pose-library", help="folder of CMU BVH files for standing poses "
+                                             "(default: built-in poses), e.g. ../shared/data/mocap")
+    quality = parser.add_argument_group("quality (a preset, then overrides)")
+    quality.add_argument("--preset", default="default", choices=sorted(batch.PRESETS),
+                         help="fast: 512 px, 16 samples; default: 1024 px, adaptive 64 samples + "
+                              "denoiser; thesis: 350 samples, no denoiser; reference: 2048 samples")
+    quality.add_argument("--resolution", type=int, help="output long side in pixels")
+    quality.add_argument("--samples", type=int, help="max Cycles samples per pixel")
+    quality.add_argument("--adaptive-threshold", type=float, help="adaptive sampling noise threshold (0 = off)")
+    quality.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=None,
+                         help="OpenImageDenoise on/off")
+    quality.add_argument("--motion-blur", type=float, help="shutter in frames (0 = off)")
+    quality.add_argument("--device", choices=batch.DEVICES, help="Cycles device (default auto: GPU when present)")
+    run = parser.add_argument_group("how to run")
+    run.add_argument("--shard", default="0/1", help="render only shard i of N (i/N, default 0/1)")
+    run.add_argument("--workers", type=int, default=1,
+                     help="local worker processes (default 1; 0 renders in this process)")
+    run.add_argument("--frames-per-worker", type=int, default=25,
+                     help="a worker process exits after this many frames and a fresh one takes "
+                          "over, so memory cannot creep (default 25)")
+    run.add_argument("--threads", type=int, default=0,
+                     help="Cycles threads per worker (default 0: cores / workers)")
+    run.add_argument("--dry-run", action="store_true", help="print the validated config and exit")
+    run.add_argument("--rebuild-coco", action="store_true",
+                     help="only rebuild coco.json from frames/*.json in --out")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # Internal: how the parent starts a worker on a list of frames of an existing run.
+    run.add_argument("--worker-frames", type=_frame_list, help=argparse.SUPPRESS)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> BatchConfig:
+    if not args.scene:
+        raise BatchError("--scene is required (e.g. --scene scenes/sample_office)")
+    if args.count is None:
+        raise BatchError("--count is required (number of frames)")
+    render = batch.with_overrides(
+        batch.preset(args.preset), resolution=args.resolution, samples=args.samples,
+        adaptive_threshold=args.adaptive_threshold, denoise=args.denoise,
+        motion_blur_shutter=args.motion_blur, device=args.device)
+    placement = PlacementConfig(sitting_range=tuple(args.sitting), standing_range=tuple(args.standing))  # type: ignore[arg-type]
+    return BatchConfig(scene=str(args.scene), count=args.count, seed=args.seed, preset=args.preset,
+                       render=render, placement=placement, human_backend=args.human_backend,
+                       pose_library=args.pose_library)
+
+
+@dataclass
+class Backend:
+    """What the Blender side provides: a worker command line and an in-process renderer."""
+
+    worker_command: Callable[[Path, list[int], int], list[str]]  # (out, frames, threads)
+    render_in_process: Callable[[Path, list[int], int], None]  # (out, frames, threads)
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def run(argv: Sequence[str], backend: Backend) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(argv))
+    out: Path = args.out
+    try:
+        if args.worker_frames is not None:
+            backend.render_in_process(out, args.worker_frames, args.threads)
+            return 0
+        if args.rebuild_coco:
+            coco = build_coco(out)
+            print(f"{out / 'coco.json'}: {len(coco['images'])} images, {len(coco['annotations'])} people")
+            return 0
+        config = config_from_args(args)
+        scene = load_scene(config.scene)
+        check_capacity(scene, config.placement)
+        shard = batch.parse_shard(args.shard)
+        if args.workers < 0:
+            raise BatchError(f"--workers must be >= 0, got {args.workers}")
+        if args.dry_run:
+            print(json.dumps({"config": config.to_dict(), "scene": scene.to_dict(),
+                              "camera": scene.camera_for(config.render.resolution).to_dict()}, indent=2))
+            return 0
+        batch.prepare_run_folder(out, config)
+    except (BatchError, SceneFormatError, PlacementError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    frames = batch.shard_frames(config.count, shard)
+    pending = batch.missing_frames(out, frames)
+    print(f"{out}: shard {shard[0]}/{shard[1]} has {len(frames)} frames, "
+          f"{len(frames) - len(pending)} already done, {len(pending)} to render", flush=True)
+    threads = args.threads or max(1, _cpu_count() // max(1, args.workers))
+    if pending:
+        from tqdm import tqdm
+
+        with tqdm(total=len(frames), initial=len(frames) - len(pending), unit="frame",
+                  disable=args.no_progress, desc="render") as progress:
+            if args.workers == 0:
+                backend.render_in_process(out, pending, threads)
+                progress.update(len(pending))
+            else:
+                report = batch.run_worker_pool(
+                    out, pending, lambda chunk: backend.worker_command(out, chunk, threads),
+                    args.workers, args.frames_per_worker, progress)
+                for chunk, code in report.failed_workers:
+                    print(f"warning: a worker for frames {chunk[0]}..{chunk[-1]} exited with code "
+                          f"{code}", file=sys.stderr)
+    coco = build_coco(out)
+    still_missing = batch.missing_frames(out, frames)
+    print(f"{out / 'coco.json'}: {len(coco['images'])} images, {len(coco['annotations'])} people")
+    if still_missing:
+        print(f"error: {len(still_missing)} frames of this shard are missing (first: "
+              f"{still_missing[:5]}); rerun the same command to render them", file=sys.stderr)
+        return 1
+    return 0
