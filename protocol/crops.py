@@ -34,6 +34,8 @@ inside it. Where the weights sum to at most 1 this is ``image * (1 - sum w) + su
 linear in smooth weights; where they sum to more, a ratio whose denominator is at least 1.
 Both are continuous, so there is no step in intensity along any crop border. A pixel with
 zero weight (outside every mask it belongs to, or outside every crop) is copied, bit for bit.
+Crop pixels that were padded because the crop reached past the image border carry no image
+data: reinsertion leaves them out of the interpolation, and their weight fades out smoothly.
 """
 
 from __future__ import annotations
