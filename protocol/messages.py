@@ -172,20 +172,22 @@ class WireRecord:
 
 @dataclass(frozen=True, kw_only=True)
 class Capabilities(WireRecord):
-    """What a daemon offers: its device, loaded models, job kinds and message limits."""
+    """What a daemon offers: its device, models (available and loaded), job kinds, limits."""
 
     device: str
-    models: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()  # every model the daemon can load
+    loaded_models: tuple[str, ...] = ()  # those already in memory (no load delay)
     job_kinds: tuple[str, ...] = JOB_KINDS
     limits: dict[str, Any] = field(default_factory=dict)  # Limits.to_dict()
 
     def __post_init__(self) -> None:
         owner = "Capabilities"
         _check_str(owner, "device", self.device)
-        object.__setattr__(self, "models", _as_tuple(owner, "models", self.models))
-        object.__setattr__(self, "job_kinds", _as_tuple(owner, "job_kinds", self.job_kinds))
-        for item in self.models + self.job_kinds:
-            _check_str(owner, "models/job_kinds", item)
+        for name in ("models", "loaded_models", "job_kinds"):
+            items = _as_tuple(owner, name, getattr(self, name))
+            object.__setattr__(self, name, items)
+            for item in items:
+                _check_str(owner, name, item)
         _check_dict(owner, "limits", self.limits)
 
 

@@ -63,6 +63,7 @@ def sample_messages() -> list[Message]:
         Handshake(client="blender-addon", client_version="0.1.0"),
         HandshakeReply(daemon_version="0.1.0", protocol_version=PROTOCOL_VERSION,
                        capabilities=Capabilities(device="cpu", models=("aggan", "cyclegan"),
+                                                 loaded_models=("aggan",),
                                                  limits=Limits().to_dict())),
         RefineRequest(model="aggan", crops=crops, masks=(crops[..., 0] > 128).astype(np.uint8),
                       meta=({"angle_deg": 12.5, "box": [1, 2, 3, 4]}, {}, {"person": 7})),
