@@ -179,3 +179,11 @@ def test_mblab_missing_is_reported_and_auto_falls_back() -> None:
                                           pass_index=3)
     assert handle.record["backend"] == humans.BACKEND_NAME
     humans.remove_person(handle)
+
+
+def test_heading_turns_the_person_to_face_that_direction(scene: dict) -> None:
+    handle = scene["people"]["sitting"]  # heading 1.0 rad; a seated person's thighs point forward
+    bones = humans.posed_bone_world(handle)
+    forward = sum(bones[b][1] - bones[b][0] for b in ("LeftUpLeg", "RightUpLeg"))[:2]
+    facing = np.arctan2(forward[1], forward[0])
+    assert abs(np.angle(np.exp(1j * (facing - 1.0)))) < np.radians(12)

@@ -40,6 +40,7 @@ from blender_addon.core.bvh import (
 )
 from blender_addon.core.human_params import (
     ETHNICITIES,
+    EXPRESSION_UNITS,
     PersonParams,
     PoseChoice,
     srgb_to_linear,
@@ -191,6 +192,37 @@ def macro_target_weights(params: PersonParams) -> dict[str, float]:
     for unit, w in params.expression:
         add(f"expression/units/{dominant}/{unit}.target.gz", w)
     return out
+
+
+_ADULT_AGES = ("young", "old")
+_WARM = {"targets": False}
+
+
+def warm_caches() -> None:
+    """Parse every adult macro and expression target and build all template meshes now.
+
+    Called by the first :func:`create_person`, so that person pays for all data reading and
+    every later person costs the same small amount whatever phenotype it draws. Targets for
+    children (age macro below 0.5) are still read on first use.
+    """
+    if not _WARM["targets"]:
+        for g in ("female", "male"):
+            for a in _ADULT_AGES:
+                for r in ETHNICITIES:
+                    _target(f"macrodetails/{r}-{g}-{a}.target.gz")
+                for m in ("minmuscle", "averagemuscle", "maxmuscle"):
+                    for w in ("minweight", "averageweight", "maxweight"):
+                        _target(f"macrodetails/universal-{g}-{a}-{m}-{w}.target.gz")
+                        for h in ("minheight", "maxheight"):
+                            _target(f"macrodetails/height/{g}-{a}-{m}-{w}-{h}.target.gz")
+                        for q in ("uncommonproportions", "idealproportions"):
+                            _target(f"macrodetails/proportions/{g}-{a}-{m}-{w}-{q}.target.gz")
+        for r in ETHNICITIES:
+            for unit in EXPRESSION_UNITS:
+                _target(f"expression/units/{r}/{unit}.target.gz")
+        _WARM["targets"] = True
+    for part_name in parts():
+        _template(part_name)  # cheap when the template already exists in this session
 
 
 def shaped_vertices(params: PersonParams) -> np.ndarray:
@@ -675,7 +707,7 @@ def create_person(
     if not 0 <= pass_index < 2**15:
         raise ValueError(f"pass_index {pass_index} out of range 0..32767")
     bvh, frame = _resolve_pose(pose, library)  # validates the pose before building anything
-    assets()  # raises HumanDataError before anything is created
+    warm_caches()  # raises HumanDataError before anything is created
     collection = collection or bpy.context.scene.collection
     created: list[bpy.types.Object] = []
     try:
