@@ -181,7 +181,7 @@ class FrameRenderer:
             for person in people:
                 scene_build.add_mask_layer(f"{MASK_LAYER_PREFIX}{person.recipe.pass_index}",
                                            person.collection, collections)
-            passes = scene_build.render_layers(self.out / ".tmp")
+            passes = scene_build.render_layers()
         finally:
             scene_build.remove_extra_view_layers()
             self._remove_people(people)
@@ -190,8 +190,7 @@ class FrameRenderer:
         return record
 
     def _crop(self, array: np.ndarray) -> np.ndarray:
-        ox, oy = self.settings.crop_offset_px
-        return array[oy:oy + self.camera.height, ox:ox + self.camera.width]
+        return scene_build.crop_to_output(array, self.camera)
 
     def _write(self, index: int, recipe: FrameRecipe, people: list[_Person],
                passes: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:

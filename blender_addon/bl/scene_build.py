@@ -141,6 +141,12 @@ def add_fisheye_camera(camera: FisheyeCamera) -> bpy.types.Object:
     return obj
 
 
+def crop_to_output(array: np.ndarray, camera: FisheyeCamera) -> np.ndarray:
+    """Cut the output image out of the square render canvas (see ``FisheyeCamera.canvas``)."""
+    ox, oy = camera.cycles_settings().crop_offset_px
+    return array[oy:oy + camera.height, ox:ox + camera.width]
+
+
 def _material(name: str, color: Sequence[float], emission: float = 0.0,
               roughness: float = 0.6) -> bpy.types.Material:
     material = bpy.data.materials.new(name)
