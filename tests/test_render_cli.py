@@ -102,7 +102,7 @@ def test_a_run_folder_refuses_a_different_config(tmp_path: Path, capsys: pytest.
 
 def test_shards_partition_the_frames() -> None:
     parts = [batch.shard_frames(10, (i, 3)) for i in range(3)]
-    assert sorted(sum(parts, [])) == list(range(10))
+    assert sorted(f for part in parts for f in part) == list(range(10))
     assert parts[1] == [1, 4, 7]
     with pytest.raises(BatchError, match="i/N"):
         batch.parse_shard("two")

@@ -35,7 +35,7 @@ def _children(pid: int) -> list[int]:
 
 
 def _run(out: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(_command(out), capture_output=True, text=True, timeout=240, cwd=ROOT,
+    return subprocess.run(_command(out), check=False, capture_output=True, text=True, timeout=240, cwd=ROOT,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 

@@ -150,7 +150,7 @@ def crop_to_output(array: np.ndarray, camera: FisheyeCamera) -> np.ndarray:
 def _material(name: str, color: Sequence[float], emission: float = 0.0,
               roughness: float = 0.6) -> bpy.types.Material:
     material = bpy.data.materials.new(name)
-    material.use_nodes = True
+    material.use_nodes = True  # default from Blender 5 on; kept for older versions
     bsdf = material.node_tree.nodes.get("Principled BSDF")
     bsdf.inputs["Base Color"].default_value = (*color[:3], 1.0)
     bsdf.inputs["Roughness"].default_value = roughness
