@@ -765,31 +765,56 @@ def _region_mask(*region_names: str) -> np.ndarray:
     return mask
 
 
-def _fit_sitting_legs(arm: bpy.types.Object, body: bpy.types.Object, bvh: Bvh, seat_height: float) -> None:
-    """Extend the knees just enough that the feet do not go through the floor."""
-    seat_mask, foot_mask = _region_mask(*_SEAT_REGIONS), _region_mask("foot")
-    base_rotations = {b: arm.pose.bones[b].rotation_quaternion.copy() for b in ("LeftLeg", "RightLeg")}
+FOOT_DANGLE_TOLERANCE = 0.02  # metres a seated person's lowest foot point may float
 
-    def foot_clearance(extension_deg: float) -> float:
-        for bone, q in base_rotations.items():
-            # Extending the knee: rotate the shin about the knee's hinge (bone X axis).
-            arm.pose.bones[bone].rotation_quaternion = q @ Quaternion((1, 0, 0), math.radians(-extension_deg))
+
+def _fit_sitting_legs(arm: bpy.types.Object, body: bpy.types.Object, bvh: Bvh, seat_height: float) -> None:
+    """Bend the legs so the feet meet the floor from this seat height.
+
+    A seat too low for the legs would push the feet through the floor: the knees extend
+    until they clear it. A seat too high leaves the feet dangling: the thighs slope down
+    (hips extend, up to 40 degrees) until the feet reach the floor. Each is a bisection on
+    the evaluated mesh, both legs together.
+    """
+    seat_mask, foot_mask = _region_mask(*_SEAT_REGIONS), _region_mask("foot")
+    legs = {side: {b: arm.pose.bones[b].rotation_quaternion.copy() for b in (f"{side}UpLeg", f"{side}Leg")}
+            for side in ("Left", "Right")}
+
+    def clearance(hip_deg: float, knee_deg: float) -> float:
+        for bones in legs.values():
+            for bone, q in bones.items():
+                angle = hip_deg if bone.endswith("UpLeg") else knee_deg
+                # Rotations about the bone's own X axis, the hinge of hip and knee flexion.
+                arm.pose.bones[bone].rotation_quaternion = q @ Quaternion((1, 0, 0), math.radians(angle))
         bpy.context.view_layer.update()
         world = _world_vertices(body)
         return float(world[foot_mask, 2].min() - world[seat_mask, 2].min() + seat_height)
 
-    if foot_clearance(0.0) >= 0.0:
-        return
-    low, high = 0.0, 80.0
-    if foot_clearance(high) < 0.0:
-        return  # seat far too low for these legs; keep the widest extension tried
-    for _ in range(6):
-        middle = (low + high) / 2
-        if foot_clearance(middle) < 0.0:
-            low = middle
-        else:
-            high = middle
-    foot_clearance(high)
+    def bisect(evaluate, limit: float) -> float:
+        """Smallest |angle| up to ``limit`` (sign included) with evaluate(angle) >= 0."""
+        low, high = 0.0, limit
+        if evaluate(high) < 0.0:
+            return high
+        for _ in range(6):
+            middle = (low + high) / 2
+            if evaluate(middle) < 0.0:
+                low = middle
+            else:
+                high = middle
+        return high
+
+    start = clearance(0.0, 0.0)
+    if start < 0.0:
+        # Pick the knee direction that lifts the foot, then the least rotation that clears.
+        sign = -1.0 if clearance(0.0, -10.0) > start else 1.0
+        clearance(0.0, bisect(lambda a: clearance(0.0, a), 80.0 * sign))
+    elif start > FOOT_DANGLE_TOLERANCE:
+        sign = -1.0 if clearance(-10.0, 0.0) < start else 1.0
+        # Thighs slope down until the feet touch: clearance must stay >= 0, as small as possible.
+        angle = bisect(lambda a: -clearance(a, -a * 0.5), 40.0 * sign)
+        clearance(angle, -angle * 0.5)
+    else:
+        clearance(0.0, 0.0)
 
 
 def _place(arm: bpy.types.Object, body: bpy.types.Object, kind: str, location: tuple[float, float, float],
