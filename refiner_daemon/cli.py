@@ -1,0 +1,218 @@
+"""``refiner-daemon``: run the refinement daemon, ask a running one for its status, make keys.
+
+    refiner-daemon serve --bind tcp://127.0.0.1:5555 --models models/ --state out/daemon
+    refiner-daemon status --endpoint tcp://127.0.0.1:5555 --jobs
+    refiner-daemon keygen --out keys/ --name daemon
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from protocol.errors import ProtocolError
+from protocol.fileio import atomic_write_json, atomic_write_text
+from protocol.messages import JobList, JobListReply
+from protocol.transport import (
+    Client,
+    CurveClientKeys,
+    CurveServerKeys,
+    generate_keypair,
+    is_loopback,
+)
+from protocol.version import DEFAULT_ENDPOINT
+
+PUBLIC_SUFFIX, SECRET_SUFFIX = ".pub", ".key"
+
+EPILOG = """\
+examples:
+  # serve the refiners in models/ on the loopback address, job records in out/daemon
+  refiner-daemon serve --models models/ --state out/daemon --allow-root data/ --allow-root out/
+
+  # serve on the network: CURVE keys are required, optionally only for listed clients
+  refiner-daemon keygen --out keys/ --name daemon
+  refiner-daemon keygen --out keys/ --name artist1
+  refiner-daemon serve --bind tcp://0.0.0.0:5555 --models models/ --state out/daemon \\
+      --curve-key keys/daemon --allow-client keys/artist1.pub
+
+  # what does a daemon offer, and what are its jobs doing?
+  refiner-daemon status --endpoint tcp://127.0.0.1:5555 --jobs
+  refiner-daemon status --endpoint tcp://host:5555 --server-key keys/daemon.pub \\
+      --client-key keys/artist1
+"""
+
+
+def read_key(path: str | Path) -> str:
+    try:
+        return Path(path).read_text(encoding="ascii").strip()
+    except OSError as exc:
+        raise SystemExit(f"error: cannot read key file {path}: {exc}; make one with "
+                         "`refiner-daemon keygen`") from None
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    public, secret = generate_keypair()
+    secret_path = out / f"{args.name}{SECRET_SUFFIX}"
+    if secret_path.exists() and not args.force:
+        print(f"error: {secret_path} exists; pass --force to replace it", file=sys.stderr)
+        return 2
+    atomic_write_text(out / f"{args.name}{PUBLIC_SUFFIX}", public + "\n")
+    atomic_write_text(secret_path, secret + "\n")
+    os.chmod(secret_path, 0o600)  # the secret half is for this machine only
+    print(f"wrote {out / (args.name + PUBLIC_SUFFIX)} (share it) and {secret_path} (keep it)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from refiner_daemon.server import DaemonServer, ServerConfig
+    from refiner_daemon.service import RefinerService, ServiceConfig, ServiceError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    curve = None
+    if args.curve_key:
+        allowed = tuple(read_key(p) for p in args.allow_client) if args.allow_client else None
+        curve = CurveServerKeys(read_key(args.curve_key + PUBLIC_SUFFIX),
+                                read_key(args.curve_key + SECRET_SUFFIX), allowed)
+    elif not is_loopback(args.bind):
+        print(f"error: binding {args.bind} needs --curve-key (make keys with `refiner-daemon "
+              "keygen`), or bind tcp://127.0.0.1:PORT", file=sys.stderr)
+        return 2
+    try:
+        service_config = ServiceConfig(models_dir=args.models, state_dir=args.state,
+                                       device=args.device, allowed_roots=tuple(args.allow_root),
+                                       max_loaded_models=args.max_loaded_models)
+        server_config = ServerConfig(bind=args.bind, max_queue=args.max_queue,
+                                     batch_max_crops=args.batch_crops,
+                                     batch_wait_ms=args.batch_wait_ms)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    record = {"service": service_config.to_dict(), "server": server_config.to_dict(),
+              "curve": curve is not None}
+    if args.dry_run:
+        print(json.dumps(record, indent=2))
+        return 0
+    try:
+        service = RefinerService(service_config)
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    atomic_write_json(Path(args.state) / "daemon.json", record)
+    try:
+        server = DaemonServer(service, server_config, curve=curve)
+    except ProtocolError as exc:
+        service.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    print(f"refiner daemon on {server.endpoint}; device {service.device}; models "
+          f"{service.available_models()}; Ctrl+C stops it (running jobs resume on restart)",
+          flush=True)
+    try:
+        server.serve_forever(stop)
+    finally:
+        server.close()
+        service.close()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    curve = None
+    if args.server_key:
+        if not args.client_key:
+            print("error: --server-key needs --client-key (make one with keygen)", file=sys.stderr)
+            return 2
+        curve = CurveClientKeys(read_key(args.server_key),
+                                read_key(args.client_key + PUBLIC_SUFFIX),
+                                read_key(args.client_key + SECRET_SUFFIX))
+    try:
+        with Client(args.endpoint, timeout_ms=args.timeout_ms, retries=args.retries,
+                    curve=curve) as client:
+            hello = client.handshake("refiner-daemon-status")
+            jobs = client.request(JobList()) if args.jobs else None
+    except ProtocolError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    caps = hello.capabilities
+    status = {"endpoint": args.endpoint, "daemon_version": hello.daemon_version,
+              "protocol_version": hello.protocol_version, "device": caps.device,
+              "models": list(caps.models), "loaded_models": list(caps.loaded_models),
+              "job_kinds": list(caps.job_kinds)}
+    if isinstance(jobs, JobListReply):
+        status["jobs"] = [job.to_dict() for job in jobs.jobs]
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    for key, value in status.items():
+        if key != "jobs":
+            print(f"{key:17} {value}")
+    for job in status.get("jobs", []):
+        step = job["progress"].get("step", "")
+        print(f"job {job['job_id']}  {job['kind']:15} {job['state']:10} step {step}  "
+              f"{job['message']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="refiner-daemon", description=__doc__.split("\n")[0],
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the daemon", epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("--bind", default=DEFAULT_ENDPOINT,
+                       help="ZeroMQ endpoint (default %(default)s; non-loopback needs keys)")
+    serve.add_argument("--models", required=True, help="folder of exported refiners <name>.pt")
+    serve.add_argument("--state", required=True,
+                       help="folder for job records and default run folders")
+    serve.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    serve.add_argument("--allow-root", action="append", default=[], metavar="DIR",
+                       help="a folder job configs may read and write (repeatable)")
+    serve.add_argument("--max-loaded-models", type=int, default=4)
+    serve.add_argument("--max-queue", type=int, default=32,
+                       help="queued refine requests before clients are told to retry")
+    serve.add_argument("--batch-crops", type=int, default=64, help="most crops per model call")
+    serve.add_argument("--batch-wait-ms", type=float, default=5.0,
+                       help="how long a request may wait for others to share its batch")
+    serve.add_argument("--curve-key", metavar="PREFIX",
+                       help="serve with CURVE: reads PREFIX.pub and PREFIX.key")
+    serve.add_argument("--allow-client", action="append", default=[], metavar="PUBFILE",
+                       help="with --curve-key: accept only these client public keys")
+    serve.add_argument("--dry-run", action="store_true", help="print the config and exit")
+    serve.set_defaults(run=cmd_serve)
+
+    status = commands.add_parser("status", help="ask a daemon what it offers and runs")
+    status.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
+    status.add_argument("--jobs", action="store_true", help="also list the jobs")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--timeout-ms", type=int, default=2000)
+    status.add_argument("--retries", type=int, default=1)
+    status.add_argument("--server-key", metavar="PUBFILE", help="the daemon's public key file")
+    status.add_argument("--client-key", metavar="PREFIX", help="reads PREFIX.pub and PREFIX.key")
+    status.set_defaults(run=cmd_status)
+
+    keygen = commands.add_parser("keygen", help="make a CURVE key pair")
+    keygen.add_argument("--out", required=True, help="folder for NAME.pub and NAME.key")
+    keygen.add_argument("--name", default="daemon")
+    keygen.add_argument("--force", action="store_true", help="replace existing keys")
+    keygen.set_defaults(run=cmd_keygen)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
