@@ -8,7 +8,9 @@ messages itself) and ``RefinerService`` (which does the work). What the loop add
   an ``ErrorReply`` of code ``busy`` and a ``retry_after_ms`` estimate;
 - batching: queued requests for the same model and crop size, from any clients, are refined in
   one call of up to ``batch_max_crops`` crops, once the batch is full or its oldest request has
-  waited ``batch_wait_ms``;
+  waited ``batch_wait_ms``. The model runs in an inference thread, one batch at a time, so the
+  loop keeps answering handshakes and job requests during a long batch, and requests arriving
+  meanwhile gather into the next batch;
 - job requests, and job events pushed to subscribers (read from the job manager in this thread,
   so the socket is only ever used here).
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -101,6 +104,16 @@ class _Queued:
 
 
 @dataclass
+class _Finished:
+    """A batch back from the inference thread: the result or the service error."""
+
+    batch: list[_Queued]
+    refined: Any  # service.Refined, or None when ``error`` is set
+    error: ServiceError | None
+    seconds: float
+
+
+@dataclass
 class _Subscription:
     peer: bytes
     job_id: str
@@ -123,6 +136,13 @@ class DaemonServer:
         self._seconds_per_crop = 0.01  # running estimate, for retry_after_ms
         self.stats: collections.Counter[str] = collections.Counter()
         self.batch_sizes: list[int] = []  # crops per model call, most recent last (bounded)
+        # The socket stays in the loop's thread; the inference thread only sees arrays.
+        self._to_infer: queue.Queue[list[_Queued] | None] = queue.Queue()
+        self._finished: queue.Queue[_Finished] = queue.Queue()
+        self._in_flight: list[_Queued] | None = None
+        self._inference = threading.Thread(target=self._infer_forever, name="inference",
+                                           daemon=True)
+        self._inference.start()
 
     # ---- the loop
     def serve_forever(self, stop: threading.Event) -> None:
@@ -131,21 +151,28 @@ class DaemonServer:
             self.step()
 
     def step(self) -> None:
-        """One iteration: take in what arrived, run due batches, push job events."""
+        """One iteration: take in what arrived, reply to a finished batch, start a due one,
+        push job events."""
         incoming = self.transport.receive(timeout_ms=self._wait_ms())
         while incoming is not None:
             self._dispatch(incoming)
             incoming = self.transport.receive(timeout_ms=0)
-        self._run_due_batches()
+        self._collect_finished()
+        self._start_due_batch()
         self._push_job_events()
 
     def _wait_ms(self) -> int:
+        if self._in_flight is not None:
+            return min(self.config.poll_ms, 2)  # look for the finished batch soon
         if not self._queue:
             return self.config.poll_ms
         due = self._queue[0].arrived + self.config.batch_wait_ms / 1000.0
         return max(0, int((due - time.monotonic()) * 1000))
 
     def close(self) -> None:
+        """Stop the inference thread (after its current batch) and close the socket."""
+        self._to_infer.put(None)
+        self._inference.join(timeout=60)
         self.transport.close()
 
     # ---- dispatch
@@ -203,7 +230,8 @@ class DaemonServer:
     def _enqueue(self, peer: bytes, request: RefineRequest) -> Message | None:
         if len(self._queue) >= self.config.max_queue:
             self.stats["busy"] += 1
-            queued_crops = sum(q.request.crops.shape[0] for q in self._queue)
+            queued_crops = sum(q.request.crops.shape[0]
+                               for q in [*self._queue, *(self._in_flight or [])])
             retry_ms = max(10, int(queued_crops * self._seconds_per_crop * 1000))
             return ErrorReply(request_id=request.request_id, code="busy",
                               message=f"{len(self._queue)} refine requests are queued "
@@ -213,45 +241,67 @@ class DaemonServer:
         self._queue.append(_Queued(peer, request, time.monotonic()))
         return None
 
-    def _run_due_batches(self) -> None:
-        now = time.monotonic()
-        while self._queue:
-            head = self._queue[0]
-            group = [q for q in self._queue if q.group == head.group]
-            crops = sum(q.request.crops.shape[0] for q in group)
-            waited_ms = (now - head.arrived) * 1000.0
-            if crops < self.config.batch_max_crops and waited_ms < self.config.batch_wait_ms:
-                return  # the oldest group is not due yet, so nothing younger is either
-            batch, size = [], 0
-            for queued in group:
-                count = queued.request.crops.shape[0]
-                if batch and size + count > self.config.batch_max_crops:
-                    break
-                batch.append(queued)
-                size += count
-            for queued in batch:
-                self._queue.remove(queued)
-            self._refine_batch(batch)
-
-    def _refine_batch(self, batch: list[_Queued]) -> None:
-        model = batch[0].request.model
-        crops = (batch[0].request.crops if len(batch) == 1
-                 else np.concatenate([q.request.crops for q in batch]))
-        started = time.perf_counter()
-        try:
-            refined = self.service.refine(model, crops)
-        except ServiceError as exc:
-            for queued in batch:
-                self._send(queued.peer, ErrorReply(request_id=queued.request.request_id,
-                                                   code=exc.code, message=exc.message,
-                                                   hint=exc.hint))
+    def _start_due_batch(self) -> None:
+        """Hand the oldest due batch to the inference thread, if it is idle."""
+        if self._in_flight is not None or not self._queue:
             return
-        elapsed = time.perf_counter() - started
-        if crops.shape[0]:
+        head = self._queue[0]
+        group = [q for q in self._queue if q.group == head.group]
+        crops = sum(q.request.crops.shape[0] for q in group)
+        waited_ms = (time.monotonic() - head.arrived) * 1000.0
+        if crops < self.config.batch_max_crops and waited_ms < self.config.batch_wait_ms:
+            return  # the oldest group is not due yet, so nothing younger is either
+        batch, size = [], 0
+        for queued in group:
+            count = queued.request.crops.shape[0]
+            if batch and size + count > self.config.batch_max_crops:
+                break
+            batch.append(queued)
+            size += count
+        for queued in batch:
+            self._queue.remove(queued)
+        self._in_flight = batch
+        self._to_infer.put(batch)
+
+    def _infer_forever(self) -> None:
+        """The inference thread: refine one batch at a time until given None."""
+        while True:
+            batch = self._to_infer.get()
+            if batch is None:
+                return
+            model = batch[0].request.model
+            crops = (batch[0].request.crops if len(batch) == 1
+                     else np.concatenate([q.request.crops for q in batch]))
+            started = time.perf_counter()
+            try:
+                refined, error = self.service.refine(model, crops), None
+            except ServiceError as exc:
+                refined, error = None, exc
+            except Exception as exc:  # report it to the clients, keep serving
+                log.exception("refining with %s failed", model)
+                refined, error = None, ServiceError("internal", f"{type(exc).__name__}: {exc}")
+            self._finished.put(_Finished(batch, refined, error, time.perf_counter() - started))
+
+    def _collect_finished(self) -> None:
+        try:
+            finished = self._finished.get_nowait()
+        except queue.Empty:
+            return
+        self._in_flight = None
+        batch, refined = finished.batch, finished.refined
+        if finished.error is not None:
+            for queued in batch:
+                self._send(queued.peer, ErrorReply(
+                    request_id=queued.request.request_id, code=finished.error.code,
+                    message=finished.error.message, hint=finished.error.hint))
+            return
+        total = sum(q.request.crops.shape[0] for q in batch)
+        if total:
             # Exponential average: the busy hint follows the model's current speed.
-            self._seconds_per_crop = 0.8 * self._seconds_per_crop + 0.2 * elapsed / crops.shape[0]
+            per_crop = finished.seconds / total
+            self._seconds_per_crop = 0.8 * self._seconds_per_crop + 0.2 * per_crop
         self.stats["batches"] += 1
-        self.batch_sizes = [*self.batch_sizes[-999:], int(crops.shape[0])]
+        self.batch_sizes = [*self.batch_sizes[-999:], total]
         start = 0
         for queued in batch:
             count = queued.request.crops.shape[0]
@@ -259,9 +309,10 @@ class DaemonServer:
             start += count
             attention = None if refined.attention is None else refined.attention[part]
             self._send(queued.peer, RefineReply(
-                request_id=queued.request.request_id, model=model,
+                request_id=queued.request.request_id, model=queued.request.model,
                 model_sha256=refined.model_sha256, images=refined.images[part],
-                attention=attention, meta=queued.request.meta, elapsed_ms=elapsed * 1000.0))
+                attention=attention, meta=queued.request.meta,
+                elapsed_ms=finished.seconds * 1000.0))
 
     # ---- job events
     def _push_job_events(self) -> None:

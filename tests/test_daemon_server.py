@@ -250,6 +250,22 @@ def test_a_full_queue_answers_busy_with_a_retry_hint(tmp_path: Path, serve, clie
     assert sum(loaded["b"].batch_sizes) == 2 * len(done)  # busy requests never reached the model
 
 
+def test_daemon_answers_while_a_long_batch_runs(tmp_path: Path, serve, client_for) -> None:
+    service, loaded = _stand_in_service(tmp_path, delay_s=1.0)
+    server = serve(service, batch_wait_ms=0)
+    refining, asking = client_for(server), client_for(server)
+    refine_id = refining.send_request(RefineRequest(model="c", crops=_crops(2)))
+    deadline = time.monotonic() + 5
+    while not loaded.get("c") or not loaded["c"].batch_sizes:  # the batch has started
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    started = time.perf_counter()
+    assert asking.handshake().capabilities.loaded_models == ("c",)
+    assert time.perf_counter() - started < 0.5  # not stuck behind the 1 s model call
+    reply = refining.poll_reply(timeout_ms=5000)
+    assert isinstance(reply, RefineReply) and reply.request_id == refine_id
+
+
 def test_jobs_over_the_wire_with_an_event_stream(tmp_path: Path, serve, client_for) -> None:
     service, _ = _stand_in_service(tmp_path)
     service.jobs.trainers["train_refiner"] = CountingTrainer(step_s=0.01)
