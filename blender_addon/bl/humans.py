@@ -554,6 +554,32 @@ class PersonHandle:
     record: dict  # JSON-able: params, pose, bvh file/frame, head, backend
 
 
+def _vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted vertex normals of a quad mesh (cross product of the diagonals)."""
+    face_normals = np.cross(verts[faces[:, 2]] - verts[faces[:, 0]], verts[faces[:, 3]] - verts[faces[:, 1]])
+    normals = np.zeros_like(verts)
+    for corner in range(faces.shape[1]):
+        np.add.at(normals, faces[:, corner], face_normals)
+    length = np.linalg.norm(normals, axis=1, keepdims=True)
+    return normals / np.maximum(length, 1e-12)
+
+
+def _dress(body_verts: np.ndarray, slots: np.ndarray, params: PersonParams) -> np.ndarray:
+    """Push clothed vertices out along the normal by each garment's looseness.
+
+    Clothes then stand off the skin (bulkier silhouettes, a visible step at cuffs and hems)
+    instead of being painted on it. A vertex shared by two garments takes the looser one.
+    """
+    faces = parts()["body"].faces
+    offset = np.zeros(len(body_verts))
+    for slot_name, garment in (("top", params.top), ("bottom", params.bottom)):
+        on = faces[slots == MATERIAL_SLOTS.index(slot_name)].ravel()
+        offset[on] = np.maximum(offset[on], garment.looseness)
+    shoes = faces[slots == MATERIAL_SLOTS.index("shoes")].ravel()
+    offset[shoes] = np.maximum(offset[shoes], 0.006)
+    return body_verts + _vertex_normals(body_verts, faces) * offset[:, None]
+
+
 def _resolve_pose(pose: PoseChoice, library: PoseLibrary | None) -> tuple[Bvh, int]:
     """The BVH and frame a pose choice refers to, validated before anything is built."""
     if pose.builtin_name is not None:
@@ -715,10 +741,11 @@ def create_person(
         joints = joint_positions(verts)
         arm = _build_armature(f"{name}_rig", joints, collection)
         created.append(arm)
-        body = _mesh_object(f"{name}_body", "body", verts[parts()["body"].vertex_index], arm, collection)
+        slots = body_material_indices(params.top.style, params.bottom.style)
+        body_verts = _dress(verts[parts()["body"].vertex_index], slots, params)
+        body = _mesh_object(f"{name}_body", "body", body_verts, arm, collection)
         created.append(body)
-        body.data.polygons.foreach_set("material_index",
-                                       body_material_indices(params.top.style, params.bottom.style))
+        body.data.polygons.foreach_set("material_index", slots)
         if params.hair_style != "none":
             hair_part = parts()[f"hair_{params.hair_style}"]
             hair_verts = verts[hair_part.vertex_index]
@@ -732,8 +759,7 @@ def create_person(
             created.append(_mesh_object(f"{name}_skirt", "skirt", skirt_verts, arm, collection))
         _set_person_properties(created, params)
         _pose_armature(arm, bvh, frame)
-        if pose.kind == "sitting":
-            _fit_sitting_legs(arm, body, bvh, location[2])
+        leg_fit = _fit_sitting_legs(arm, body, location[2]) if pose.kind == "sitting" else None
         head_world, top_world, pelvis_world = _place(arm, body, pose.kind, location, heading_rad)
         for obj in created:
             obj.pass_index = pass_index
@@ -744,7 +770,7 @@ def create_person(
     record = {
         "name": name, "backend": BACKEND_NAME, "pass_index": pass_index,
         "objects": [o.name for o in created], "pose_kind": pose.kind, "pose": pose.to_dict(),
-        "bvh_file": pose.bvh_path, "bvh_frame": pose.frame,
+        "bvh_file": pose.bvh_path, "bvh_frame": pose.frame, "sitting_leg_fit": leg_fit,
         "head_world": head_world.tolist(), "head_top_world": top_world.tolist(),
         "pelvis_world": pelvis_world.tolist(), "location": list(location), "heading_rad": heading_rad,
         "params": params.to_dict(),
@@ -768,13 +794,13 @@ def _region_mask(*region_names: str) -> np.ndarray:
 FOOT_DANGLE_TOLERANCE = 0.02  # metres a seated person's lowest foot point may float
 
 
-def _fit_sitting_legs(arm: bpy.types.Object, body: bpy.types.Object, bvh: Bvh, seat_height: float) -> None:
+def _fit_sitting_legs(arm: bpy.types.Object, body: bpy.types.Object, seat_height: float) -> dict[str, float]:
     """Bend the legs so the feet meet the floor from this seat height.
 
     A seat too low for the legs would push the feet through the floor: the knees extend
     until they clear it. A seat too high leaves the feet dangling: the thighs slope down
     (hips extend, up to 40 degrees) until the feet reach the floor. Each is a bisection on
-    the evaluated mesh, both legs together.
+    the evaluated mesh, both legs together. Returns the added hip and knee angles (degrees).
     """
     seat_mask, foot_mask = _region_mask(*_SEAT_REGIONS), _region_mask("foot")
     legs = {side: {b: arm.pose.bones[b].rotation_quaternion.copy() for b in (f"{side}UpLeg", f"{side}Leg")}
@@ -807,14 +833,17 @@ def _fit_sitting_legs(arm: bpy.types.Object, body: bpy.types.Object, bvh: Bvh, s
     if start < 0.0:
         # Pick the knee direction that lifts the foot, then the least rotation that clears.
         sign = -1.0 if clearance(0.0, -10.0) > start else 1.0
-        clearance(0.0, bisect(lambda a: clearance(0.0, a), 80.0 * sign))
+        knee = bisect(lambda a: clearance(0.0, a), 80.0 * sign)
+        clearance(0.0, knee)
+        return {"hip_deg": 0.0, "knee_deg": knee}
     elif start > FOOT_DANGLE_TOLERANCE:
         sign = -1.0 if clearance(-10.0, 0.0) < start else 1.0
         # Thighs slope down until the feet touch: clearance must stay >= 0, as small as possible.
         angle = bisect(lambda a: -clearance(a, -a * 0.5), 40.0 * sign)
         clearance(angle, -angle * 0.5)
-    else:
-        clearance(0.0, 0.0)
+        return {"hip_deg": angle, "knee_deg": -angle * 0.5}
+    clearance(0.0, 0.0)
+    return {"hip_deg": 0.0, "knee_deg": 0.0}
 
 
 def _place(arm: bpy.types.Object, body: bpy.types.Object, kind: str, location: tuple[float, float, float],

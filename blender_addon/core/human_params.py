@@ -66,9 +66,10 @@ class Garment:
     colour: RGB
     pattern: str
     pattern_colour: RGB
-    pattern_scale: float  # pattern repeats per metre of the body's rest mesh
+    pattern_scale: float  # pattern repeats across the body's rest bounding box
     saturation: float  # the Table 7.1 draws the colour came from
     value: float
+    looseness: float  # metres the cloth stands off the skin
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def _garment(rng: np.random.Generator, style: str) -> Garment:
     second, _, _ = _fabric_colour(rng)
     return Garment(style=style, colour=colour, pattern=pattern, pattern_colour=second,
                    pattern_scale=float(rng.uniform(8.0, 30.0)), saturation=saturation,
-                   value=value)
+                   value=value, looseness=float(rng.uniform(0.004, 0.022)))
 
 
 def sample_person_params(rng: np.random.Generator) -> PersonParams:
