@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from protocol.fileio import atomic_write_json
+from protocol.fileio import atomic_write_bytes, atomic_write_json
 from protocol.messages import FINISHED_JOB_STATES, JOB_KINDS, JobInfo
 
 RECORD_NAME = "job.json"
@@ -154,6 +154,7 @@ class Job:
     message: str = ""
     progress: dict[str, Any] = field(default_factory=dict)
     result: str = ""
+    publish_to: str = ""  # copy the result file here when the job succeeds
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
     next_seq: int = 0
@@ -172,7 +173,8 @@ class Job:
     def record(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "kind": self.kind, "config": self.config,
                 "request_id": self.request_id, "state": self.state, "message": self.message,
-                "progress": self.progress, "result": self.result, "created_at": self.created_at,
+                "progress": self.progress, "result": self.result, "publish_to": self.publish_to,
+                "created_at": self.created_at,
                 "updated_at": self.updated_at, "next_seq": self.seq_limit, "resumes": self.resumes}
 
     @classmethod
@@ -180,7 +182,8 @@ class Job:
         return cls(job_id=data["job_id"], kind=data["kind"], config=data["config"],
                    request_id=data.get("request_id", ""), state=data["state"],
                    message=data.get("message", ""), progress=data.get("progress", {}),
-                   result=data.get("result", ""), created_at=data["created_at"],
+                   result=data.get("result", ""), publish_to=data.get("publish_to", ""),
+                   created_at=data["created_at"],
                    updated_at=data["updated_at"], next_seq=data.get("next_seq", 0),
                    seq_limit=data.get("next_seq", 0),
                    resumes=data.get("resumes", 0))
@@ -229,8 +232,12 @@ class JobManager:
             sorted(self._queue, key=lambda jid: self._jobs[jid].created_at))
 
     # ---- requests
-    def start(self, kind: str, config: dict[str, Any], request_id: str = "") -> JobInfo:
-        """Validate and queue a job. A repeated ``request_id`` returns the job it started."""
+    def start(self, kind: str, config: dict[str, Any], request_id: str = "",
+              publish_to: str | Path | None = None) -> JobInfo:
+        """Validate and queue a job. A repeated ``request_id`` returns the job it started.
+
+        ``publish_to``: where to copy the result file (e.g. the exported refiner) on success.
+        """
         trainer = self.trainers.get(kind)
         if trainer is None:
             raise JobError("unavailable", f"no trainer for job kind {kind!r}; available: "
@@ -250,7 +257,8 @@ class JobManager:
         except (ValueError, TypeError) as exc:
             raise JobError("bad_config", f"{kind} config: {exc}",
                            "fix the named field and start the job again") from None
-        job = Job(job_id=job_id, kind=kind, config=config, request_id=request_id)
+        job = Job(job_id=job_id, kind=kind, config=config, request_id=request_id,
+                  publish_to=str(publish_to or ""))
         with self._lock:
             self._jobs[job_id] = job
             self._set_state(job, "queued", "waiting for the worker")
@@ -374,7 +382,17 @@ class JobManager:
                 # Left as queued on disk, so the next daemon resumes it.
                 self._set_state(job, "queued", "interrupted by daemon shutdown; resumes on restart")
             else:
-                self._set_state(job, "succeeded", f"finished: {result}")
+                self._set_state(job, "succeeded", self._publish(job))
+
+    def _publish(self, job: Job) -> str:
+        """Copy the result where it was asked to go; returns the job's final message."""
+        if not job.publish_to:
+            return f"finished: {job.result}"
+        try:
+            atomic_write_bytes(job.publish_to, Path(job.result).read_bytes())
+        except OSError as exc:
+            return f"finished: {job.result}, but publishing to {job.publish_to} failed: {exc}"
+        return f"finished: {job.result}; published as {job.publish_to}"
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Ask a running job to stop (it saves its state) and stop the worker."""

@@ -26,6 +26,10 @@ from refiner_daemon.jobs import JobError, JobManager, Trainer
 MODEL_SUFFIX = ".pt"
 
 
+def _valid_model_name(name: str) -> bool:
+    return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")
+
+
 class ServiceError(Exception):
     """A request the service cannot serve; ``code`` is one of ``protocol.errors.ERROR_CODES``."""
 
@@ -142,7 +146,7 @@ class RefinerService:
             if model is not None:
                 self._models.move_to_end(name)
                 return model
-        if not name or "/" in name or "\\" in name or name.startswith("."):
+        if not _valid_model_name(name):
             raise ServiceError("unknown_model", f"invalid model name {name!r}",
                                "use a file name from the model folder, without .pt")
         path = self.models_dir / f"{name}{MODEL_SUFFIX}"
@@ -189,7 +193,20 @@ class RefinerService:
 
     # ---- jobs
     def start_job(self, kind: str, config: dict[str, Any], request_id: str = "") -> JobInfo:
-        return self._jobs_call(self.jobs.start, kind, config, request_id)
+        """Queue a training job. A ``train_refiner`` config may add ``"publish_as": NAME``: on
+        success the exported refiner is copied to ``<models>/NAME.pt``, ready to serve."""
+        config = dict(config)
+        publish_as = config.pop("publish_as", None)
+        publish_to = None
+        if publish_as is not None:
+            if kind != "train_refiner":
+                raise ServiceError("bad_config", f"publish_as only applies to train_refiner jobs, "
+                                   f"not {kind}")
+            if not isinstance(publish_as, str) or not _valid_model_name(publish_as):
+                raise ServiceError("bad_config", f"publish_as {publish_as!r} is not a valid model "
+                                   "name", "use letters, digits, '_', '-' or '.', no '/'")
+            publish_to = self.models_dir / f"{publish_as}{MODEL_SUFFIX}"
+        return self._jobs_call(self.jobs.start, kind, config, request_id, publish_to)
 
     def job(self, job_id: str) -> JobInfo:
         return self._jobs_call(self.jobs.get, job_id)

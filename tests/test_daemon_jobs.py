@@ -203,9 +203,12 @@ def test_job_resumes_after_the_daemon_is_killed(tmp_path: Path) -> None:
         manager.close()
 
 
-def test_real_refiner_training_job(tmp_path: Path) -> None:
-    """A real (tiny) CycleGAN run through the job manager, then loaded as a refiner."""
+def test_real_refiner_training_job_is_published_and_served(tmp_path: Path) -> None:
+    """A real (tiny) CycleGAN run through the service's job queue, published into the model
+    folder and then used to refine crops: train -> publish -> serve."""
     from PIL import Image
+
+    from refiner_daemon.service import RefinerService, ServiceConfig, ServiceError
 
     data = tmp_path / "data"
     rng = np.random.default_rng(0)
@@ -214,20 +217,24 @@ def test_real_refiner_training_job(tmp_path: Path) -> None:
         for i in range(4):
             image = np.clip(rng.normal(110 + shift, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(image).save(data / domain / f"{i}.png")
-    manager = JobManager(tmp_path / "state", allowed_roots=[data])
+    (tmp_path / "models").mkdir()
+    service = RefinerService(ServiceConfig(models_dir=str(tmp_path / "models"),
+                                           state_dir=str(tmp_path / "state"), device="cpu",
+                                           allowed_roots=(str(data),)))
     config = {"synthetic_dir": str(data / "synthetic"), "real_dir": str(data / "real"),
               "preset": "C_CP", "epochs": 1, "batch_size": 2, "crop_size": [32, 32], "width": 4,
               "disc_width": 4, "n_blocks": 1, "pool_size": 2, "tensorboard": False,
-              "device": "cpu"}
+              "device": "cpu", "publish_as": "toy_v1"}
     try:
-        info = manager.start("train_refiner", config)
-        done = manager.wait(info.job_id, timeout_s=60)
+        with pytest.raises(ServiceError, match="publish_as only applies"):
+            service.start_job("train_detector", {"publish_as": "x"})
+        info = service.start_job("train_refiner", config)
+        done = service.jobs.wait(info.job_id, timeout_s=60)
         assert done.state == "succeeded", done.message
         assert done.progress["step"] == done.progress["total_steps"] == 2
-        from refiner_daemon.inference import Refiner
-
-        refiner = Refiner.load(manager.result(info.job_id), device="cpu")
-        out = refiner.refine(rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
-        assert out.images.shape == (2, 32, 32, 3) and out.images.dtype == np.uint8
+        assert "published as" in done.message and service.available_models() == ["toy_v1"]
+        refined = service.refine("toy_v1", rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
+        assert refined.images.shape == (2, 32, 32, 3) and refined.images.dtype == np.uint8
+        assert len(refined.model_sha256) == 64
     finally:
-        manager.close()
+        service.close()
