@@ -253,3 +253,58 @@ def instance_image(shape: tuple[int, int], masks: Sequence[tuple[int, np.ndarray
     for instance, mask in masks:
         ids[mask] = instance
     return ids
+
+
+# ---------------------------------------------------------------------------------------------
+# A picture of the annotations, for people to check them by eye.
+
+_PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+            (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60)]
+
+
+def draw_annotations(out: Path, record: dict[str, Any], scale: float = 1.0) -> Image.Image:
+    """The frame's image with masks tinted, person boxes (white), rotated boxes (cyan), head
+    boxes (yellow) and head points (red)."""
+    from PIL import ImageDraw
+
+    image = np.asarray(Image.open(out / record["image"]).convert("RGB"), dtype=np.float32)
+    ids = read_mask(out / record["mask"])
+    for annotation in record["annotations"]:
+        colour = np.array(_PALETTE[annotation["instance_id"] % len(_PALETTE)], dtype=np.float32)
+        mask = ids == annotation["instance_id"]
+        image[mask] = 0.6 * image[mask] + 0.4 * colour
+    canvas = Image.fromarray(image.astype(np.uint8))
+    if scale != 1.0:
+        canvas = canvas.resize((round(canvas.width * scale), round(canvas.height * scale)),
+                               Image.Resampling.LANCZOS)
+    draw = ImageDraw.Draw(canvas)
+    for annotation in record["annotations"]:
+        x, y, w, h = (v * scale for v in annotation["bbox"])
+        draw.rectangle([x, y, x + w, y + h], outline=(255, 255, 255))
+        cx, cy, rw, rh, angle = annotation["rbox"]
+        a = math.radians(angle)
+        axis = np.array([math.sin(a), -math.cos(a)])
+        across = np.array([-axis[1], axis[0]])
+        corners = [np.array([cx, cy]) + sa * rh / 2 * axis + sb * rw / 2 * across
+                   for sa, sb in ((1, 1), (1, -1), (-1, -1), (-1, 1))]
+        draw.polygon([tuple(c * scale) for c in corners], outline=(0, 255, 255))
+        hx, hy, hw, hh = (v * scale for v in annotation["head_bbox"])
+        draw.rectangle([hx, hy, hx + hw, hy + hh], outline=(255, 230, 0))
+        px, py = (v * scale for v in annotation["head_point"])
+        draw.ellipse([px - 2.5, py - 2.5, px + 2.5, py + 2.5], fill=(255, 0, 0))
+        draw.text((x + 1, y + h + 1), f"{annotation['visibility']:.2f}", fill=(255, 255, 255))
+    return canvas
+
+
+def contact_sheet(out: Path, max_frames: int = 6, columns: int = 3, tile: int = 384) -> Image.Image:
+    """The first ``max_frames`` finished frames of a dataset with their annotations drawn."""
+    records = [json.loads(p.read_text(encoding="utf-8"))
+               for p in sorted((out / "frames").glob("*.json"))[:max_frames]]
+    if not records:
+        raise FileNotFoundError(f"{out / 'frames'} has no finished frames to show")
+    rows = math.ceil(len(records) / columns)
+    sheet = Image.new("RGB", (columns * tile, rows * tile), (0, 0, 0))
+    for number, record in enumerate(records):
+        picture = draw_annotations(out, record, tile / max(record["width"], record["height"]))
+        sheet.paste(picture, ((number % columns) * tile, (number // columns) * tile))
+    return sheet

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from blender_addon.core import batch
 from blender_addon.core.batch import BatchConfig, BatchError
-from blender_addon.core.dataset import build_coco
+from blender_addon.core.dataset import build_coco, contact_sheet
 from blender_addon.core.placement import PlacementConfig, PlacementError, check_capacity
 from blender_addon.core.scene_format import SceneFormatError, load_scene
 
@@ -104,6 +104,9 @@ def build_parser(prog: str = "python -m blender_addon.bl.cli_entry") -> argparse
     run.add_argument("--rebuild-coco", action="store_true",
                      help="only rebuild coco.json from frames/*.json in --out")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--contact-sheet", type=Path,
+                     help="after the run, draw the first frames with their annotations into "
+                          "this image (JPEG or PNG) to check them by eye")
     # Internal: how the parent starts a worker on a list of frames of an existing run.
     run.add_argument("--worker-frames", type=_frame_list, help=argparse.SUPPRESS)
     return parser
@@ -136,6 +139,21 @@ def _cpu_count() -> int:
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _write_contact_sheet(out: Path, path: Path) -> None:
+    import io
+
+    from protocol.fileio import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    sheet = contact_sheet(out)
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        sheet.save(buffer, format="JPEG", quality=85)
+    else:
+        sheet.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+    print(f"wrote {path}")
 
 
 def run(argv: Sequence[str], backend: Backend) -> int:
@@ -188,6 +206,8 @@ def run(argv: Sequence[str], backend: Backend) -> int:
     coco = build_coco(out)
     still_missing = batch.missing_frames(out, frames)
     print(f"{out / 'coco.json'}: {len(coco['images'])} images, {len(coco['annotations'])} people")
+    if args.contact_sheet is not None:
+        _write_contact_sheet(out, args.contact_sheet)
     if still_missing:
         print(f"error: {len(still_missing)} frames of this shard are missing (first: "
               f"{still_missing[:5]}); rerun the same command to render them", file=sys.stderr)
