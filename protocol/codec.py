@@ -31,7 +31,7 @@ from protocol.errors import (
     VersionMismatchError,
 )
 from protocol.limits import DEFAULT_LIMITS, WIRE_DTYPES, Limits
-from protocol.messages import MESSAGE_TYPES, Message, check_array_spec
+from protocol.messages import MESSAGE_TYPES, Message, check_array_spec, dtype_name
 from protocol.version import PROTOCOL_VERSION
 
 Frame = Any  # bytes, bytearray, memoryview, or anything with a ``.buffer`` (a zmq.Frame)
@@ -60,10 +60,9 @@ def encode(
     specs: list[dict[str, Any]] = []
     frames: list[bytes | memoryview] = []
     for name, array in message.arrays().items():
-        dtype_name = next(key for key, dtype in WIRE_DTYPES.items() if dtype == array.dtype)
         # Only a non-contiguous array is copied; the usual C-ordered batch is sent in place.
         contiguous = np.ascontiguousarray(array)
-        specs.append({"field": name, "dtype": dtype_name, "shape": list(contiguous.shape)})
+        specs.append({"field": name, "dtype": dtype_name(array), "shape": list(contiguous.shape)})
         frames.append(memoryview(contiguous.reshape(-1).view(np.uint8)))
     try:
         header = msgpack.packb(
@@ -193,7 +192,7 @@ def decode(
         message = cls.from_wire(body, arrays)
     except TypeError as exc:  # a field the constructor itself rejects
         raise InvalidFieldError(f"{type_name}: {exc}") from None
-    message.check_limits(limits)
+    message.check_type_limits(limits)  # arrays were checked above, before any view was made
     return message
 
 
@@ -217,16 +216,16 @@ def _decode_arrays(
             raise MalformedMessageError(
                 f"{type_name} array spec {index} must be a map with keys {sorted(ARRAY_SPEC_KEYS)}"
             )
-        name, dtype_name, shape = spec["field"], spec["dtype"], spec["shape"]
+        name, wire_dtype, shape = spec["field"], spec["dtype"], spec["shape"]
         if not isinstance(name, str) or name not in cls.ARRAY_FIELDS:
             raise MalformedMessageError(
                 f"{type_name} has no array field {name!r}; valid: {list(cls.ARRAY_FIELDS)}"
             )
         if name in arrays:
             raise MalformedMessageError(f"{type_name} array field {name!r} sent twice")
-        if not isinstance(dtype_name, str) or dtype_name not in WIRE_DTYPES:
+        if not isinstance(wire_dtype, str) or wire_dtype not in WIRE_DTYPES:
             raise MalformedMessageError(
-                f"{type_name}.{name}: unknown dtype {dtype_name!r}; valid: {sorted(WIRE_DTYPES)}"
+                f"{type_name}.{name}: unknown dtype {wire_dtype!r}; valid: {sorted(WIRE_DTYPES)}"
             )
         if not isinstance(shape, list) or not all(
             type(axis) is int and axis >= 0 for axis in shape
@@ -234,8 +233,8 @@ def _decode_arrays(
             raise MalformedMessageError(
                 f"{type_name}.{name}: shape must be a list of non-negative ints, got {shape!r}"
             )
-        check_array_spec(name, dtype_name, tuple(shape), limits)
-        dtype = WIRE_DTYPES[dtype_name]
+        check_array_spec(name, wire_dtype, tuple(shape), limits)
+        dtype = WIRE_DTYPES[wire_dtype]
         # Python ints do not overflow: a forged shape cannot wrap around to a small size.
         expected = math.prod(shape) * dtype.itemsize
         if expected != view.nbytes:

@@ -23,6 +23,9 @@ WIRE_DTYPES: dict[str, np.dtype] = {
     "float32": np.dtype("<f4"),
 }
 
+# The reverse lookup, for naming an array's dtype on the wire.
+WIRE_DTYPE_NAMES: dict[np.dtype, str] = {dtype: name for name, dtype in WIRE_DTYPES.items()}
+
 MIB = 1024 * 1024
 
 

@@ -31,7 +31,7 @@ from protocol.errors import (
     ShapeNotAllowedError,
     TooManyCropsError,
 )
-from protocol.limits import WIRE_DTYPES, Limits
+from protocol.limits import WIRE_DTYPE_NAMES, WIRE_DTYPES, Limits
 
 JOB_KINDS: tuple[str, ...] = ("train_refiner", "train_detector")
 JOB_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -371,14 +371,17 @@ class Message:
         Header size is checked by the codec on the packed bytes.
         """
         for name, array in self.arrays().items():
-            check_array_spec(name, _dtype_name(array), array.shape, limits)
+            check_array_spec(name, dtype_name(array), array.shape, limits)
+        self.check_type_limits(limits)
+
+    def check_type_limits(self, limits: Limits) -> None:
+        """The limits specific to this message type (the decoder has already checked every
+        array's dtype and shape against the generic limits, so it calls only this)."""
 
 
-def _dtype_name(array: np.ndarray) -> str:
-    for name, dtype in WIRE_DTYPES.items():
-        if array.dtype == dtype:
-            return name
-    return str(array.dtype)
+def dtype_name(array: np.ndarray) -> str:
+    """The wire name of an array's dtype (its numpy name if it has none)."""
+    return WIRE_DTYPE_NAMES.get(array.dtype, str(array.dtype))
 
 
 def check_array_spec(name: str, dtype: str, shape: tuple[int, ...], limits: Limits) -> None:
@@ -487,8 +490,7 @@ class RefineRequest(Message):
         _check_per_crop(owner, self.crops, "masks", self.masks)
         object.__setattr__(self, "meta", _normalise_meta(owner, self.meta, self.crops.shape[0]))
 
-    def check_limits(self, limits: Limits) -> None:
-        super().check_limits(limits)
+    def check_type_limits(self, limits: Limits) -> None:
         _check_crop_batch("RefineRequest", "crops", self.crops, limits)
 
 
@@ -520,8 +522,7 @@ class RefineReply(Message):
         object.__setattr__(self, "meta", _normalise_meta(owner, self.meta, self.images.shape[0]))
         _check_float(owner, "elapsed_ms", self.elapsed_ms)
 
-    def check_limits(self, limits: Limits) -> None:
-        super().check_limits(limits)
+    def check_type_limits(self, limits: Limits) -> None:
         _check_crop_batch("RefineReply", "images", self.images, limits)
 
 
