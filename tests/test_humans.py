@@ -73,10 +73,25 @@ def test_sitting_person_sits_on_the_seat(scene: dict) -> None:
     handle = scene["people"]["sitting"]
     assert 1.0 <= handle.head_world[2] <= 1.5
     world = _body_world(handle)
-    seat = world[humans._region_mask(*humans._SEAT_REGIONS), 2].min()
-    assert seat == pytest.approx(0.45, abs=2e-3)
+    fit = handle.record["sitting_leg_fit"]
+    # The buttocks rest on the seat (with the pose's own buttock-over-thigh offset).
+    buttocks = world[humans._region_mask("pelvis"), 2].min()
+    assert buttocks - fit["seat_offset_m"] == pytest.approx(0.45, abs=2e-3)
+    assert 0.0 <= fit["seat_offset_m"] < 0.06
     assert world[:, 2].min() >= -0.01  # feet do not go through the floor
     assert 0.45 < handle.record["pelvis_world"][2] < 0.75
+
+
+def test_high_seat_slopes_the_thighs_until_the_feet_touch() -> None:
+    rng = np.random.default_rng(5)
+    handle = humans.create_person(sample_person_params(rng), sample_pose(rng, "sitting"), name="stool",
+                                  location=(-4.0, 0.0, 0.56), heading_rad=0.0, pass_index=4)
+    world = _body_world(handle)
+    fit = handle.record["sitting_leg_fit"]
+    assert world[humans._region_mask("pelvis"), 2].min() - fit["seat_offset_m"] == pytest.approx(0.56, abs=2e-3)
+    assert abs(world[humans._region_mask("foot"), 2].min()) < 0.02
+    assert fit["hip_deg"] != 0.0
+    humans.remove_person(handle)
 
 
 @pytest.mark.parametrize("name", MOCAP_FILES)

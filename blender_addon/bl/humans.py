@@ -760,7 +760,8 @@ def create_person(
         _set_person_properties(created, params)
         _pose_armature(arm, bvh, frame)
         leg_fit = _fit_sitting_legs(arm, body, location[2]) if pose.kind == "sitting" else None
-        head_world, top_world, pelvis_world = _place(arm, body, pose.kind, location, heading_rad)
+        head_world, top_world, pelvis_world = _place(arm, body, pose.kind, location, heading_rad,
+                                                     leg_fit["seat_offset_m"] if leg_fit else 0.0)
         for obj in created:
             obj.pass_index = pass_index
             obj["fh_person"] = name
@@ -800,9 +801,18 @@ def _fit_sitting_legs(arm: bpy.types.Object, body: bpy.types.Object, seat_height
     A seat too low for the legs would push the feet through the floor: the knees extend
     until they clear it. A seat too high leaves the feet dangling: the thighs slope down
     (hips extend, up to 40 degrees) until the feet reach the floor. Each is a bisection on
-    the evaluated mesh, both legs together. Returns the added hip and knee angles (degrees).
+    the evaluated mesh, both legs together.
+
+    The seat carries the buttocks: the pelvis region's lowest point stays ``seat_offset_m``
+    above the seat, where that offset is measured in the unchanged pose as the height of the
+    buttocks over the lowest pelvis-or-upper-thigh point. Thighs that slope down then go
+    below the seat's level in front of it, as they do over a seat's edge.
+    Returns the added hip and knee angles (degrees) and the offset.
     """
-    seat_mask, foot_mask = _region_mask(*_SEAT_REGIONS), _region_mask("foot")
+    seat_mask, pelvis_mask, foot_mask = _region_mask(*_SEAT_REGIONS), _region_mask("pelvis"), _region_mask("foot")
+    bpy.context.view_layer.update()
+    rest_world = _world_vertices(body)
+    seat_offset = float(rest_world[pelvis_mask, 2].min() - rest_world[seat_mask, 2].min())
     legs = {side: {b: arm.pose.bones[b].rotation_quaternion.copy() for b in (f"{side}UpLeg", f"{side}Leg")}
             for side in ("Left", "Right")}
 
@@ -814,7 +824,7 @@ def _fit_sitting_legs(arm: bpy.types.Object, body: bpy.types.Object, seat_height
                 arm.pose.bones[bone].rotation_quaternion = q @ Quaternion((1, 0, 0), math.radians(angle))
         bpy.context.view_layer.update()
         world = _world_vertices(body)
-        return float(world[foot_mask, 2].min() - world[seat_mask, 2].min() + seat_height)
+        return float(world[foot_mask, 2].min() - (world[pelvis_mask, 2].min() - seat_offset) + seat_height)
 
     def bisect(evaluate, limit: float) -> float:
         """Smallest |angle| up to ``limit`` (sign included) with evaluate(angle) >= 0."""
@@ -835,19 +845,19 @@ def _fit_sitting_legs(arm: bpy.types.Object, body: bpy.types.Object, seat_height
         sign = -1.0 if clearance(0.0, -10.0) > start else 1.0
         knee = bisect(lambda a: clearance(0.0, a), 80.0 * sign)
         clearance(0.0, knee)
-        return {"hip_deg": 0.0, "knee_deg": knee}
+        return {"hip_deg": 0.0, "knee_deg": knee, "seat_offset_m": seat_offset}
     elif start > FOOT_DANGLE_TOLERANCE:
         sign = -1.0 if clearance(-10.0, 0.0) < start else 1.0
         # Thighs slope down until the feet touch: clearance must stay >= 0, as small as possible.
         angle = bisect(lambda a: -clearance(a, -a * 0.5), 40.0 * sign)
         clearance(angle, -angle * 0.5)
-        return {"hip_deg": angle, "knee_deg": -angle * 0.5}
+        return {"hip_deg": angle, "knee_deg": -angle * 0.5, "seat_offset_m": seat_offset}
     clearance(0.0, 0.0)
-    return {"hip_deg": 0.0, "knee_deg": 0.0}
+    return {"hip_deg": 0.0, "knee_deg": 0.0, "seat_offset_m": seat_offset}
 
 
 def _place(arm: bpy.types.Object, body: bpy.types.Object, kind: str, location: tuple[float, float, float],
-           heading_rad: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+           heading_rad: float, seat_offset: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Turn the person to ``heading_rad`` and put feet on the floor or hips on the seat."""
     # The rig faces -Y; facing (cos h, sin h) needs a turn of h + pi/2 about +Z.
     arm.rotation_euler = (0.0, 0.0, heading_rad + math.pi / 2)
@@ -856,7 +866,7 @@ def _place(arm: bpy.types.Object, body: bpy.types.Object, kind: str, location: t
     pelvis = np.array(arm.matrix_world @ arm.pose.bones["Hips"].head)
     world = _world_vertices(body)
     if kind == "sitting":
-        bottom = world[_region_mask(*_SEAT_REGIONS), 2].min()
+        bottom = world[_region_mask("pelvis"), 2].min() - seat_offset
     else:
         bottom = world[:, 2].min()
     arm.location = (location[0] - pelvis[0], location[1] - pelvis[1], location[2] - bottom)
