@@ -26,7 +26,8 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = Path(__file__).with_name("blender_manifest.toml")
 # Exact versions keep the bundled wheels equal to what the tests ran with.
-THIRD_PARTY_WHEELS = ("msgpack==1.2.4", "pyzmq==27.3.0")
+# Pillow: scene and image I/O; OpenEXR: render passes; tqdm: the render CLI (run by batch renders).
+THIRD_PARTY_WHEELS = ("msgpack==1.2.4", "pyzmq==27.3.0", "pillow==13.0.0", "OpenEXR==3.5.3", "tqdm==4.70.1")
 # Blender platform name -> pip platform tags that wheel may carry.
 PIP_PLATFORMS = {
     "linux-x64": ("manylinux2014_x86_64", "manylinux_2_28_x86_64"),
@@ -38,15 +39,16 @@ SHIM = '''"""Fisheye Synth extension entry point: the code ships in the bundled 
 
 
 def register() -> None:
-    import blender_addon
+    from blender_addon.bl import registration
 
-    blender_addon.register()
+    # Our package name (bl_ext.<repo>.fisheye_synth) names the preferences and user folder.
+    registration.register(__package__)
 
 
 def unregister() -> None:
-    import blender_addon
+    from blender_addon.bl import registration
 
-    blender_addon.unregister()
+    registration.unregister()
 '''
 
 

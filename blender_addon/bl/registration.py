@@ -1,17 +1,51 @@
-"""Registers the add-on's Blender classes in a loop and unregisters them in reverse."""
+"""Registers the add-on's Blender classes in a loop and unregisters them in reverse.
+
+``register(addon_package)``: the installed extension's shim passes its own ``__package__``
+(e.g. ``bl_ext.user_default.fisheye_synth``), which names the preferences and the user data
+folder; registered from source it defaults to ``blender_addon``.
+"""
 
 from __future__ import annotations
 
-import bpy  # noqa: F401  (Blender-only module)
+import bpy
 
-classes: tuple[type, ...] = ()
+from blender_addon.ui import operators, panels, preferences, properties
+
+classes: tuple[type, ...] = (
+    preferences.FSYNTH_AP_preferences,
+    properties.FSYNTH_PG_settings,
+    *operators.classes,
+    *panels.classes,
+)
 
 
-def register() -> None:
+@bpy.app.handlers.persistent
+def _on_load_pre(*_args: object) -> None:
+    # A new file: running tasks and the live preview belong to the old one.
+    from blender_addon.ui import actions, live_preview, runtime
+
+    live_preview.reset()
+    runtime.shutdown()
+    actions.reset()
+
+
+def register(addon_package: str | None = None) -> None:
+    preferences.set_addon_package(addon_package)
+    preferences.FSYNTH_AP_preferences.bl_idname = preferences.addon_package()
     for cls in classes:
         bpy.utils.register_class(cls)
+    bpy.types.Scene.fisheye_synth = bpy.props.PointerProperty(type=properties.FSYNTH_PG_settings)
+    bpy.app.handlers.load_pre.append(_on_load_pre)
 
 
 def unregister() -> None:
+    from blender_addon.ui import actions, live_preview, runtime
+
+    live_preview.reset()
+    runtime.shutdown()
+    actions.reset()
+    while _on_load_pre in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.remove(_on_load_pre)
+    del bpy.types.Scene.fisheye_synth
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)

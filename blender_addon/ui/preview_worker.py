@@ -1,0 +1,87 @@
+"""Render one preview frame of the artist's edited layout (a subprocess, like the render CLI).
+
+    python -m blender_addon.ui.preview_worker --out RUN --overrides people.json
+    blender -b --factory-startup -P blender_addon/ui/preview_worker.py -- --out RUN ...
+
+``RUN`` is a run folder prepared with ``core.batch.prepare_run_folder`` (count 1); frame 0's
+recipe is the one the panel populated the viewport with, and ``people.json`` says where each
+person's root is now (people moved, turned or deleted in the viewport). Rendering goes through
+``bl.render.FrameRenderer`` exactly like the batch CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    # Run as a script by a Blender binary (-P): make the add-on's packages importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import bpy
+
+from blender_addon.core import batch
+from blender_addon.core.batch import FrameRecipe
+
+
+def edited_recipe(recipe: FrameRecipe, overrides: dict[str, dict[str, Any]] | None) -> FrameRecipe:
+    """Frame ``recipe`` with people moved to where the artist put them (absent ones dropped)."""
+    if overrides is None:
+        return recipe
+    people = tuple(replace(p, location=tuple(float(v) for v in overrides[p.name]["location"]),
+                           heading_rad=float(overrides[p.name]["heading_rad"]))
+                   for p in recipe.people if p.name in overrides)
+    return replace(recipe, people=people)
+
+
+def render_preview(out: Path, overrides: dict[str, dict[str, Any]] | None, threads: int = 0) -> dict[str, Any]:
+    from blender_addon.bl import render
+
+    config = batch.load_run_config(out)
+    renderer = render.FrameRenderer(config, out, threads=threads)
+    sample = batch.sample_frame_recipe
+
+    def sample_edited(*args: Any, **kwargs: Any) -> FrameRecipe:
+        return edited_recipe(sample(*args, **kwargs), overrides)
+
+    # FrameRenderer draws its recipe itself; this process renders nothing but this preview,
+    # so the recipe function is swapped for its duration (a recipe argument would be cleaner).
+    batch.sample_frame_recipe = sample_edited
+    try:
+        return renderer.render_frame(0)
+    finally:
+        batch.sample_frame_recipe = sample
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else sys.argv[1:]
+        if bpy.app.binary_path and "--" not in sys.argv:
+            argv = []
+    parser = argparse.ArgumentParser(prog="python -m blender_addon.ui.preview_worker", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="prepared run folder (run_config.json)")
+    parser.add_argument("--overrides", type=Path, help="JSON {person: {location, heading_rad}}")
+    parser.add_argument("--threads", type=int, default=0, help="Cycles threads (0: all)")
+    args = parser.parse_args(argv)
+    overrides = json.loads(args.overrides.read_text(encoding="utf-8")) if args.overrides else None
+    try:
+        render_preview(args.out, overrides, args.threads)
+    except (batch.BatchError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    if bpy.app.binary_path:
+        sys.stdout.flush()
+        import os
+
+        os._exit(code)
+    raise SystemExit(code)

@@ -1,0 +1,87 @@
+"""The panel's settings, stored on the scene (``scene.fisheye_synth``) and saved with the file."""
+
+from __future__ import annotations
+
+import bpy
+
+from blender_addon.core import batch
+from blender_addon.core.preview_pipeline import DISPLAY_MODES
+
+HUMAN_BACKEND_ITEMS = [
+    ("mpfb2", "Built-in (MakeHuman)", "Parametric MakeHuman/MPFB2 people, CC0 data shipped with the add-on's setup"),
+    ("proxy", "Proxy", "Box-and-sphere stand-ins: fastest, for layout and pipeline checks"),
+    ("mblab", "MB-Lab", "MB-Lab characters (needs the MB-Lab add-on installed; see its availability)"),
+]
+PRESET_ITEMS = [(name, name.capitalize(), f"Render preset {name!r} of the render CLI") for name in batch.PRESETS]
+DISPLAY_ITEMS = [
+    ("synthetic", "Synthetic", "Show the rendered frame as it came out of Cycles"),
+    ("refined", "Refined", "Show the frame with every person refined by the daemon"),
+    ("attention", "Refined + attention", "Show the refined frame with the refiner's attention maps in red"),
+]
+assert [item[0] for item in DISPLAY_ITEMS] == list(DISPLAY_MODES)
+TRAIN_KIND_ITEMS = [
+    ("train_refiner", "Refiner", "Train a CycleGAN/AGGAN refiner on the daemon"),
+    ("train_detector", "Detector", "Train the head detector on the daemon"),
+]
+
+
+def _live_changed(self: bpy.types.PropertyGroup, context: bpy.types.Context) -> None:
+    from blender_addon.ui import live_preview
+
+    if self.live_enabled:
+        live_preview.enable()
+    else:
+        live_preview.disable()
+
+
+def _display_changed(self: bpy.types.PropertyGroup, context: bpy.types.Context) -> None:
+    from blender_addon.ui import live_preview
+
+    live_preview.show_current(context.scene)
+
+
+class FSYNTH_PG_settings(bpy.types.PropertyGroup):
+    """Scene, population, render, daemon and training settings of the Fisheye Synth panel."""
+
+    scene_dir: bpy.props.StringProperty(name="Scene folder", subtype="DIR_PATH", default="",
+                                        description="Folder with scene.json and the room photo, e.g. scenes/sample_office")
+    loaded_scene_dir: bpy.props.StringProperty(name="Loaded scene", default="",
+                                               description="The scene folder the proxies came from (save writes here)")
+    sitting_min: bpy.props.IntProperty(name="Sitting min", default=1, min=0, max=50, description="Fewest seated people")
+    sitting_max: bpy.props.IntProperty(name="Sitting max", default=3, min=0, max=50, description="Most seated people")
+    standing_min: bpy.props.IntProperty(name="Standing min", default=0, min=0, max=50, description="Fewest standing people")
+    standing_max: bpy.props.IntProperty(name="Standing max", default=2, min=0, max=50, description="Most standing people")
+    seed: bpy.props.IntProperty(name="Seed", default=0, min=0, description="Seed of the population (re-roll adds one)")
+    pose_library: bpy.props.StringProperty(name="Pose library", subtype="DIR_PATH", default="",
+                                           description="Folder of CMU BVH files for standing poses (empty: built-in poses)")
+    human_backend: bpy.props.EnumProperty(name="Humans", items=HUMAN_BACKEND_ITEMS, default="mpfb2",
+                                          description="Which human models populate the scene")
+    mblab_status: bpy.props.StringProperty(name="MB-Lab", default="not checked",
+                                           description="Whether MB-Lab is usable (press Check)")
+
+    preview_resolution: bpy.props.IntProperty(name="Preview size", default=384, min=64, max=4096,
+                                              description="Long side in pixels of preview renders")
+    preview_samples: bpy.props.IntProperty(name="Preview samples", default=8, min=1, max=4096,
+                                           description="Cycles samples of preview renders")
+
+    batch_out: bpy.props.StringProperty(name="Output", subtype="DIR_PATH", default="",
+                                        description="Dataset folder of the batch render (resumable)")
+    batch_count: bpy.props.IntProperty(name="Frames", default=10, min=1, description="Number of frames to render")
+    batch_preset: bpy.props.EnumProperty(name="Preset", items=PRESET_ITEMS, default="fast",
+                                         description="Quality preset of the render CLI")
+    batch_workers: bpy.props.IntProperty(name="Workers", default=1, min=1, max=64,
+                                         description="Worker processes of the render CLI")
+
+    model: bpy.props.StringProperty(name="Refiner model", default="",
+                                    description="Model name on the daemon (Connect lists them); empty: the first one")
+    live_enabled: bpy.props.BoolProperty(name="Live preview", default=False, update=_live_changed,
+                                         description="Re-render, refine and show the frame whenever people change")
+    display_mode: bpy.props.EnumProperty(name="Show", items=DISPLAY_ITEMS, default="refined", update=_display_changed,
+                                         description="Which frame the live preview shows in the camera view")
+    live_delay_s: bpy.props.FloatProperty(name="Debounce (s)", default=0.6, min=0.05, max=10.0,
+                                          description="Quiet time after the last change before the live preview renders")
+
+    train_kind: bpy.props.EnumProperty(name="Job", items=TRAIN_KIND_ITEMS, default="train_refiner",
+                                       description="Which training job to start on the daemon")
+    train_config: bpy.props.StringProperty(name="Job config", subtype="FILE_PATH", default="",
+                                           description="JSON file with the job's config (see docs/refiner.md, docs/detector.md)")
