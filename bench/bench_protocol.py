@@ -6,10 +6,15 @@ echo thread, measured interleaved in the same run:
 - protocol: ``Client.request`` -> ``Server.receive`` (decode) -> ``Server.send`` (encode) ->
   the client decodes the echoed message (the whole protocol stack, both directions), with
   one small metadata dict per crop, and again without metadata;
-- bare zmq: ``send_multipart`` of the same header bytes and crop bytes, no codec (the floor);
+- bare zmq: ``send_multipart`` of the same header bytes and crop bytes, no codec, the echo
+  re-sending the received ``zmq.Frame`` objects (the floor);
+- bare zmq, reply from buffer: the same, but the echo sends the received bytes from a buffer,
+  as any real reply (new arrays) must;
 - pickle: ``pickle.dumps`` of the same arrays and metadata as one frame, ``pickle.loads`` on
   each side (what a naive implementation would do; pickle appears only here, never on the
-  wire of the project).
+  wire of the project);
+- protocol and bare zmq again, both ends driven from one thread (no echo thread), which
+  separates the protocol's own cost from thread hand-offs on a busy machine.
 
 Reports the median round trip of each and the ratios protocol/bare (target <= 1.3) and
 protocol/pickle. Run: ``python -m bench protocol``.
@@ -118,6 +123,25 @@ def main() -> None:
         bare_dealer.send_multipart([header, crop_view], copy=False)
         bare_dealer.recv_multipart(copy=False)
 
+    # Re-sending the received zmq.Frame objects (above) lets libzmq share the message; a real
+    # reply carries new arrays and must be sent from a buffer, which pyzmq tracks with its
+    # garbage-collector thread. This echo sends the received bytes from a buffer instead.
+    buffer_router = context.socket(zmq.ROUTER)
+    buffer_router.setsockopt(zmq.LINGER, 0)
+    buffer_port = buffer_router.bind_to_random_port("tcp://127.0.0.1")
+    buffer_dealer = context.socket(zmq.DEALER)
+    buffer_dealer.setsockopt(zmq.LINGER, 0)
+    buffer_dealer.connect(f"tcp://127.0.0.1:{buffer_port}")
+
+    def buffer_echo() -> None:
+        if buffer_router.poll(50):
+            peer, head, body = buffer_router.recv_multipart(copy=False)
+            buffer_router.send_multipart([peer, head, body.buffer], copy=False)
+
+    def buffer_round_trip() -> None:
+        buffer_dealer.send_multipart([header, crop_view], copy=False)
+        buffer_dealer.recv_multipart(copy=False)
+
     # --- pickle: one frame with everything pickled, unpickled on both sides
     pickle_router = context.socket(zmq.ROUTER)
     pickle_router.setsockopt(zmq.LINGER, 0)
@@ -139,24 +163,58 @@ def main() -> None:
         obj = pickle.loads(pickle_dealer.recv())
         assert obj["crops"].shape == request.crops.shape
 
+    # --- the same two ways driven from one thread (no echo thread): the codec and transport
+    #     cost without the thread hand-offs, which a busy machine makes expensive.
+    solo_server = Server("tcp://127.0.0.1:*", context=context)
+    solo_client = Client(solo_server.endpoint, timeout_ms=5000, retries=0, context=context)
+
+    def protocol_one_thread() -> None:
+        solo_client.send_request(request)
+        incoming = solo_server.receive(timeout_ms=5000)
+        solo_server.send(incoming.peer, incoming.message)
+        assert solo_client.poll_reply(timeout_ms=5000) is not None
+
+    solo_router = context.socket(zmq.ROUTER)
+    solo_router.setsockopt(zmq.LINGER, 0)
+    solo_port = solo_router.bind_to_random_port("tcp://127.0.0.1")
+    solo_dealer = context.socket(zmq.DEALER)
+    solo_dealer.setsockopt(zmq.LINGER, 0)
+    solo_dealer.connect(f"tcp://127.0.0.1:{solo_port}")
+
+    def bare_one_thread() -> None:
+        solo_dealer.send_multipart([header, crop_view], copy=False)
+        solo_router.poll(5000)
+        peer, head, body = solo_router.recv_multipart(copy=False)
+        solo_router.send_multipart([peer, head, body.buffer], copy=False)
+        solo_dealer.poll(5000)
+        solo_dealer.recv_multipart(copy=False)
+
     ways = {"protocol": protocol_round_trip, "protocol, no meta": protocol_no_meta_round_trip,
-            "bare zmq": bare_round_trip, "pickle": pickle_round_trip}
+            "bare zmq": bare_round_trip, "bare zmq, reply from buffer": buffer_round_trip,
+            "pickle": pickle_round_trip,
+            "protocol, one thread": protocol_one_thread,
+            "bare zmq, reply from buffer, one thread": bare_one_thread}
     medians: dict[str, list[float]] = {name: [] for name in ways}
-    with _EchoThread(protocol_echo), _EchoThread(bare_echo), _EchoThread(pickle_echo):
+    with (_EchoThread(protocol_echo), _EchoThread(bare_echo), _EchoThread(buffer_echo),
+          _EchoThread(pickle_echo)):
         for call in ways.values():
             _time_calls(call, WARMUP)
         for _ in range(ROUNDS):  # interleaved, so load changes hit every way alike
             for name, call in ways.items():
                 medians[name].append(_time_calls(call, ITERATIONS))
-    client.close()
-    server.close()
-    for socket in (bare_router, bare_dealer, pickle_router, pickle_dealer):
+    for closing in (client, server, solo_client, solo_server):
+        closing.close()
+    for socket in (bare_router, bare_dealer, buffer_router, buffer_dealer, pickle_router,
+                   pickle_dealer, solo_router, solo_dealer):
         socket.close(linger=0)
 
     best = {name: statistics.median(values) for name, values in medians.items()}
     ratio_bare = best["protocol"] / best["bare zmq"]
     ratio_pickle = best["protocol"] / best["pickle"]
     ratio_bare_no_meta = best["protocol, no meta"] / best["bare zmq"]
+    ratio_buffer = best["protocol"] / best["bare zmq, reply from buffer"]
+    ratio_one_thread = (best["protocol, one thread"]
+                        / best["bare zmq, reply from buffer, one thread"])
     rows = [[name, seconds * 1e3, payload_bytes * 2 / seconds / 1e9]
             for name, seconds in best.items()]
     print_table(
@@ -166,7 +224,9 @@ def main() -> None:
     )
     print_table("ratios", ["comparison", "ratio", "target"], [
         ["protocol / bare zmq", ratio_bare, "<= 1.3"],
+        ["protocol / bare zmq replying from a buffer", ratio_buffer, "<= 1.3"],
         ["protocol without meta / bare zmq", ratio_bare_no_meta, "(for reference)"],
+        ["protocol / bare zmq from a buffer, one thread", ratio_one_thread, "(for reference)"],
         ["protocol / pickle", ratio_pickle, "< 1 is faster than pickle"],
     ])
     write_result("protocol", {
@@ -180,6 +240,8 @@ def main() -> None:
         "ratio_protocol_to_bare_zmq": ratio_bare,
         "ratio_protocol_to_pickle": ratio_pickle,
         "ratio_protocol_without_meta_to_bare_zmq": ratio_bare_no_meta,
+        "ratio_protocol_to_bare_zmq_reply_from_buffer": ratio_buffer,
+        "ratio_protocol_to_bare_zmq_reply_from_buffer_one_thread": ratio_one_thread,
         "target_ratio_to_bare_zmq": 1.3,
     })
 

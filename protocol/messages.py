@@ -381,7 +381,8 @@ class Message:
 
 def dtype_name(array: np.ndarray) -> str:
     """The wire name of an array's dtype (its numpy name if it has none)."""
-    return WIRE_DTYPE_NAMES.get(array.dtype, str(array.dtype))
+    name = WIRE_DTYPE_NAMES.get(array.dtype)
+    return name if name is not None else str(array.dtype)  # str() only when needed: it is slow
 
 
 def check_array_spec(name: str, dtype: str, shape: tuple[int, ...], limits: Limits) -> None:
