@@ -202,3 +202,5 @@ def test_heading_turns_the_person_to_face_that_direction(scene: dict) -> None:
     forward = sum(bones[b][1] - bones[b][0] for b in ("LeftUpLeg", "RightUpLeg"))[:2]
     facing = np.arctan2(forward[1], forward[0])
     assert abs(np.angle(np.exp(1j * (facing - 1.0)))) < np.radians(12)
+    # The armature object's own turn about Z is the heading, so moved people can be read back.
+    assert handle.armature.matrix_world.to_euler("XYZ").z == pytest.approx(1.0, abs=1e-5)

@@ -661,7 +661,9 @@ def _build_armature(name: str, joints: dict[str, tuple[np.ndarray, np.ndarray]],
 def _pose_armature(arm: bpy.types.Object, bvh: Bvh, frame: int) -> None:
     parents, tails = rig_tail_children()
     rest = {bone.name: np.array(bone.matrix_local.to_3x3()) for bone in arm.data.bones}
-    result = retarget(bvh, frame, rest, parents, tails)
+    # The pose turns the body to face the armature's +X, so the armature object's rotation
+    # about Z is exactly the person's heading (the rest mesh itself faces -Y).
+    result = retarget(bvh, frame, rest, parents, tails, front=(1.0, 0.0, 0.0))
     for bone, basis in result.basis_rotations.items():
         pose_bone = arm.pose.bones[bone]
         pose_bone.rotation_mode = "QUATERNION"
@@ -859,8 +861,8 @@ def _fit_sitting_legs(arm: bpy.types.Object, body: bpy.types.Object, seat_height
 def _place(arm: bpy.types.Object, body: bpy.types.Object, kind: str, location: tuple[float, float, float],
            heading_rad: float, seat_offset: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Turn the person to ``heading_rad`` and put feet on the floor or hips on the seat."""
-    # The rig faces -Y; facing (cos h, sin h) needs a turn of h + pi/2 about +Z.
-    arm.rotation_euler = (0.0, 0.0, heading_rad + math.pi / 2)
+    # Posed bodies face the armature's +X, so facing (cos h, sin h) is a turn of h about +Z.
+    arm.rotation_euler = (0.0, 0.0, heading_rad)
     arm.location = (0.0, 0.0, 0.0)
     bpy.context.view_layer.update()
     pelvis = np.array(arm.matrix_world @ arm.pose.bones["Hips"].head)

@@ -105,6 +105,7 @@ def create_person_mblab(params: PersonParams, pose: PoseChoice, *, name: str, lo
         scene.frame_set(int(pose.frame or 0))
         created = [o for o in bpy.data.objects if o not in before]
         armature = next(o for o in created if o.type == "ARMATURE")
+        # MB-Lab characters face -Y at rest.
         armature.rotation_euler = (0.0, 0.0, heading_rad + np.pi / 2)
         armature.location = location
         for obj in created:
