@@ -1,0 +1,114 @@
+"""The installable extension: the manifest and wheels of the built zip, and one full round trip
+(build with the third-party wheels, install into a fresh Blender profile, enable, use, disable,
+uninstall) in a separate process, so nothing of the working tree is imported by mistake."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("bpy")
+
+from blender_addon import build_extension
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+ROUND_TRIP = r'''
+import json, sys
+from pathlib import Path
+import bpy
+import addon_utils
+
+zip_path, scene_dir = sys.argv[1], sys.argv[2]
+package = "bl_ext.user_default.fisheye_synth"
+result = {}
+bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
+result["enabled"] = package in bpy.context.preferences.addons
+result["endpoint"] = bpy.context.preferences.addons[package].preferences.endpoint
+import blender_addon
+from blender_addon.ui import preferences
+result["module_file"] = blender_addon.__file__
+result["user_dir"] = str(preferences.user_dir("previews"))
+result["extension_user_path"] = bpy.utils.extension_path_user(package, create=False)
+result["panel"] = hasattr(bpy.types, "FSYNTH_PT_main")
+bpy.context.scene.fisheye_synth.scene_dir = scene_dir
+result["load_scene"] = sorted(bpy.ops.fsynth.load_scene())
+repo_dir = Path(bpy.utils.user_resource("EXTENSIONS", path="user_default"))
+addon_utils.disable(package, default_set=True)
+result["after_disable"] = {"panel": hasattr(bpy.types, "FSYNTH_PT_main"),
+                           "scene_prop": hasattr(bpy.types.Scene, "fisheye_synth"),
+                           "enabled": package in bpy.context.preferences.addons}
+bpy.ops.extensions.package_uninstall(repo_directory=str(repo_dir), pkg_id="fisheye_synth")
+result["left_over"] = sorted(str(p.relative_to(repo_dir)) for p in repo_dir.rglob("*")
+                             if p.is_file())
+result["site_packages_left"] = sorted(p.name for p in repo_dir.glob(".local/lib/*/site-packages/*"))
+print("RESULT " + json.dumps(result))
+'''
+
+
+@pytest.fixture(scope="session")
+def offline_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The zip without third-party wheels (no network): enough to check layout and manifest."""
+    return build_extension.build(tmp_path_factory.mktemp("dist_offline"), download=False)
+
+
+def _manifest(zip_path: Path) -> dict:
+    with zipfile.ZipFile(zip_path) as archive:
+        return tomllib.loads(archive.read("blender_manifest.toml").decode())
+
+
+def test_manifest_is_complete_and_its_wheels_exist(offline_zip: Path) -> None:
+    manifest = _manifest(offline_zip)
+    assert manifest["id"] == "fisheye_synth" and manifest["type"] == "add-on"
+    assert tuple(int(v) for v in manifest["blender_version_min"].split(".")) >= (4, 2, 0)
+    assert set(manifest["permissions"]) >= {"files", "network"}
+    assert manifest["platforms"] == ["linux-x64"]
+    with zipfile.ZipFile(offline_zip) as archive:
+        names = set(archive.namelist())
+        shim = archive.read("__init__.py").decode()
+        for wheel in manifest["wheels"]:
+            assert wheel.removeprefix("./") in names
+        project_wheel = next(w for w in manifest["wheels"] if "fisheye_synth_blender" in w)
+        inner = zipfile.ZipFile(archive.open(project_wheel.removeprefix("./")))
+    assert "registration.register(__package__)" in shim
+    inner_names = set(inner.namelist())
+    for needed in ("blender_addon/ui/panels.py", "blender_addon/ui/operators.py",
+                   "blender_addon/core/preview_pipeline.py", "protocol/transport.py", "protocol/crops.py"):
+        assert needed in inner_names
+    assert not any(n.startswith("refiner_daemon/") or "__pycache__" in n for n in inner_names)
+
+
+def test_install_enable_disable_uninstall_in_a_fresh_profile(tmp_path: Path) -> None:
+    try:
+        zip_path = build_extension.build(tmp_path / "dist", download=True)
+    except build_extension.BuildError as exc:
+        if "could not download" in str(exc):
+            pytest.skip(f"the third-party wheels cannot be fetched here: {exc}")
+        raise
+    manifest = _manifest(zip_path)
+    assert {Path(w).name.split("-")[0].lower() for w in manifest["wheels"]} >= {
+        "msgpack", "pyzmq", "pillow", "openexr", "tqdm", "fisheye_synth_blender"}
+    script = tmp_path / "round_trip.py"
+    script.write_text(ROUND_TRIP)
+    profile = tmp_path / "profile"
+    run = subprocess.run([sys.executable, str(script), str(zip_path), str(PROJECT / "scenes" / "sample_office")],
+                         check=False, cwd=tmp_path, env={"BLENDER_USER_RESOURCES": str(profile), "PATH": "/usr/bin:/bin",
+                                            "OMP_NUM_THREADS": "2"},
+                         capture_output=True, text=True, timeout=120)
+    line = next((x for x in run.stdout.splitlines() if x.startswith("RESULT ")), None)
+    assert line is not None, run.stdout[-2000:] + run.stderr[-2000:]
+    result = json.loads(line.removeprefix("RESULT "))
+    assert result["enabled"] and result["panel"] and result["load_scene"] == ["FINISHED"]
+    assert result["endpoint"] == "tcp://127.0.0.1:5555"
+    # The code came from the installed wheel, and user data goes to the extension's user folder.
+    assert result["module_file"].startswith(str(profile)) and "site-packages" in result["module_file"]
+    assert result["user_dir"].startswith(result["extension_user_path"])
+    assert result["after_disable"] == {"panel": False, "scene_prop": False, "enabled": False}
+    assert result["left_over"] == [] and result["site_packages_left"] == []
+    assert "Traceback" not in run.stderr, run.stderr[-2000:]
