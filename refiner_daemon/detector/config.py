@@ -69,6 +69,7 @@ class DetectorConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     seed: int = 0
+    confidence_loss: str = "bce"  # "l2" is SqueezeDet's original; see model.squeezedet_loss
     iou_threshold: float = 0.5  # tau: a detection counts when IoU > tau
     nms_iou: float = 0.4
     max_detections: int = 64
@@ -107,6 +108,8 @@ class DetectorConfig:
                 raise ConfigError(f"{name} must lie in (0, 1), got {getattr(self, name)}")
         if not 0.0 <= self.photometric <= 1.0:
             raise ConfigError(f"photometric must lie in [0, 1], got {self.photometric}")
+        if self.confidence_loss not in ("bce", "l2"):
+            raise ConfigError(f"confidence_loss must be bce or l2, got {self.confidence_loss!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,14 @@ def export_onnx(model: HeadDetector, path: str | Path, opset: int = 17) -> Path:
     example = torch.rand(1, 3, model.input_size, model.input_size)
     path = Path(path)
     temporary = path.with_name(f".{path.name}.export")
-    # The TorchScript-based exporter needs only onnx (the dynamo one needs onnxscript too).
-    torch.onnx.export(model, (example,), str(temporary), dynamo=False, opset_version=opset,
-                      input_names=["images"], output_names=["boxes", "scores"],
-                      dynamic_axes={"images": {0: "batch"}, "boxes": {0: "batch"}, "scores": {0: "batch"}})
+    # The TorchScript-based exporter needs only onnx (the dynamo one needs onnxscript too); its
+    # deprecation and tracer warnings are expected here (the anchor count is a constant).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(model, (example,), str(temporary), dynamo=False, opset_version=opset,
+                          input_names=["images"], output_names=["boxes", "scores"],
+                          dynamic_axes={"images": {0: "batch"}, "boxes": {0: "batch"}, "scores": {0: "batch"}})
     onnx.checker.check_model(str(temporary))
     data = temporary.read_bytes()
     temporary.unlink()

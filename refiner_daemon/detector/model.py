@@ -203,11 +203,20 @@ def assign_anchors(gt_boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tenso
     return torch.tensor(chosen, dtype=torch.long, device=anchors.device)
 
 
-def squeezedet_loss(raw: torch.Tensor, anchors: torch.Tensor, gt_boxes: list[torch.Tensor]
-                    ) -> tuple[torch.Tensor, dict[str, float]]:
+CONFIDENCE_LOSSES = ("bce", "l2")
+
+
+def squeezedet_loss(raw: torch.Tensor, anchors: torch.Tensor, gt_boxes: list[torch.Tensor],
+                    confidence_loss: str = "bce") -> tuple[torch.Tensor, dict[str, float]]:
     """SqueezeDet's loss for one class: L2 box-offset regression on the assigned anchors, and a
-    confidence regressed to the predicted box's IoU with its ground truth there and to 0 at every
-    other anchor (weights as in the paper). Normalised by the number of objects in the batch."""
+    confidence pulled towards the predicted box's IoU with its ground truth there and towards 0 at
+    every other anchor (weights as in the paper), normalised by the number of objects.
+
+    ``confidence_loss="l2"`` is the paper's squared error on the sigmoid output; the default
+    ``"bce"`` uses binary cross-entropy against the same soft targets, whose gradient does not
+    vanish at low confidences, so training converges several times faster on small sets."""
+    if confidence_loss not in CONFIDENCE_LOSSES:
+        raise ValueError(f"confidence_loss {confidence_loss!r} unknown; valid: {CONFIDENCE_LOSSES}")
     deltas, confidence = raw[..., :4], torch.sigmoid(raw[..., 4])
     positive = torch.zeros_like(confidence, dtype=torch.bool)
     conf_target = torch.zeros_like(confidence)
@@ -228,11 +237,14 @@ def squeezedet_loss(raw: torch.Tensor, anchors: torch.Tensor, gt_boxes: list[tor
         objects += len(boxes)
     normaliser = max(objects, 1)
     bbox_loss = LAMBDA_BBOX * bbox_sum / normaliser
-    squared = (confidence - conf_target) ** 2
+    if confidence_loss == "l2":
+        per_anchor = (confidence - conf_target) ** 2
+    else:
+        per_anchor = nn.functional.binary_cross_entropy_with_logits(raw[..., 4], conf_target, reduction="none")
     negatives = max(int((~positive).sum()), 1)
-    conf_positive = LAMBDA_CONF_POSITIVE * squared[positive].sum() / normaliser
+    conf_positive = LAMBDA_CONF_POSITIVE * per_anchor[positive].sum() / normaliser
     # SqueezeDet divides the negative term by the number of negative anchors in the batch.
-    conf_negative = LAMBDA_CONF_NEGATIVE * squared[~positive].sum() / negatives
+    conf_negative = LAMBDA_CONF_NEGATIVE * per_anchor[~positive].sum() / negatives
     total = bbox_loss + conf_positive + conf_negative
     return total, {"total": float(total.detach()), "bbox": float(bbox_loss.detach()),
                    "conf_positive": float(conf_positive.detach()), "conf_negative": float(conf_negative.detach())}

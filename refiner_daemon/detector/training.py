@@ -118,7 +118,7 @@ def train_detector(cfg: DetectorConfig, *, on_progress: ProgressCallback | None 
         for images, boxes in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                                   disable=on_progress is not None):
             raw, anchors = model.forward_raw(images.to(device))
-            loss, parts = squeezedet_loss(raw, anchors, boxes)
+            loss, parts = squeezedet_loss(raw, anchors, boxes, cfg.confidence_loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
