@@ -155,6 +155,27 @@ def test_a_repeated_request_id_does_not_start_a_second_job(tmp_path: Path) -> No
         manager.close()
 
 
+def test_detector_jobs_use_the_real_config_and_path_checks(tmp_path: Path) -> None:
+    manager = JobManager(tmp_path / "state", allowed_roots=[tmp_path / "data"])  # real trainers
+    inside, outside = str(tmp_path / "data" / "frames"), str(tmp_path / "elsewhere")
+    try:
+        with pytest.raises(JobError, match="outside the folders"):
+            manager.start("train_detector", {"train": [outside], "val": [inside]})
+        with pytest.raises(JobError, match="outside the folders"):
+            manager.start("train_detector", {"train": [{"path": inside}], "val": [inside],
+                                             "weights": outside})
+        with pytest.raises(JobError, match="epochs must be a positive integer") as info:
+            manager.start("train_detector", {"train": [inside], "val": [inside], "epochs": 0})
+        assert info.value.code == "bad_config"
+        # A valid config whose data folder does not exist: queued, then fails with the reason.
+        job = manager.start("train_detector", {"train": [inside], "val": [inside],
+                                               "tensorboard": False, "device": "cpu"})
+        failed = manager.wait(job.job_id, timeout_s=60)
+        assert failed.state == "failed" and failed.message
+    finally:
+        manager.close()
+
+
 _KILLED_DAEMON = """
 import sys, time
 sys.path.insert(0, {tests!r})
