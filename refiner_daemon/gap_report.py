@@ -104,11 +104,9 @@ def histogram_emd(hist_a: np.ndarray, hist_b: np.ndarray) -> float:
 
 
 def pca_2d(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Projection of (standardised) rows onto the first two principal components, and the
-    fraction of variance each explains."""
+    """Projection of the centred rows onto the first two principal components, and the fraction
+    of the total variance each explains."""
     centred = features - features.mean(axis=0)
-    scale = centred.std(axis=0)
-    centred = centred / np.where(scale > 0, scale, 1.0)
     _, singular, components = np.linalg.svd(centred, full_matrices=False)
     explained = singular**2 / max(float((singular**2).sum()), 1e-12)
     return centred @ components[:2].T, explained[:2]

@@ -1,0 +1,115 @@
+"""Gap report: discrepancy maps find a planted anomaly, histogram distances, PCA, the linear
+real-vs-synthetic probe, and the whole HTML report on tiny image sets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from refiner_daemon.features import MobileNetFeatures
+from refiner_daemon.gap_report import (
+    GapReportConfig,
+    GapReportError,
+    build_gap_report,
+    build_reference_bank,
+    cross_validated_accuracy,
+    discrepancy_map,
+    histogram_emd,
+    pca_2d,
+)
+
+
+@pytest.fixture(autouse=True)
+def _two_threads() -> None:
+    torch.set_num_threads(2)
+
+
+def _write_images(folder: Path, count: int, seed: int, size: int = 64, patch: bool = False,
+                  level: float = 0.5) -> list[Path]:
+    """Smooth noise images; ``patch`` plants a saturated red-and-white checker in the lower right."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        coarse = rng.normal(level, 0.15, (size // 8, size // 8, 3))
+        pixels = np.kron(coarse, np.ones((8, 8, 1))) + rng.normal(0, 0.03, (size, size, 3))
+        if patch:
+            checker = (np.indices((16, 16)).sum(0) // 2 % 2)[..., None]
+            pixels[40:56, 40:56] = checker * np.array([1.0, 1.0, 1.0]) + (1 - checker) * np.array([1.0, 0.0, 0.0])
+        path = folder / f"{index:03d}.png"
+        Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_discrepancy_map_marks_the_planted_patch(tmp_path: Path) -> None:
+    reference = _write_images(tmp_path / "real", 6, seed=0)
+    odd = _write_images(tmp_path / "odd", 1, seed=9, patch=True)[0]
+    extractor = MobileNetFeatures()
+    bank = build_reference_bank(extractor, reference, 64, "middle", torch.device("cpu"))
+    from refiner_daemon.features import load_image
+
+    fmap = extractor(load_image(odd, 64)[None], ["middle"])["middle"][0]
+    heat = discrepancy_map(fmap, bank)  # 4 x 4 cells of 16 px; the patch covers cell (2..3, 2..3)
+    assert heat.shape == (4, 4)
+    assert np.unravel_index(heat.argmax(), heat.shape) in {(2, 2), (2, 3), (3, 2), (3, 3)}
+    assert heat[2:, 2:].mean() > 1.5 * heat[:2, :2].mean()
+    # A reference image scored against the other reference images sits near the unit.
+    own = discrepancy_map(extractor(load_image(reference[0], 64)[None], ["middle"])["middle"][0], bank, 0)
+    assert 0.3 < float(np.median(own)) < 3.0
+
+
+def test_histogram_emd_and_pca_on_known_data() -> None:
+    a = np.zeros(64)
+    a[10] = 1.0
+    b = np.zeros(64)
+    b[20] = 1.0
+    assert histogram_emd(a, a) == 0.0
+    assert histogram_emd(a, b) == pytest.approx(10 / 64)  # all mass moved ten bins
+    rng = np.random.default_rng(0)
+    line = np.outer(rng.normal(size=200), [3.0, 1.0, 0.0]) + rng.normal(0, 0.01, (200, 3))
+    projected, explained = pca_2d(line)
+    assert projected.shape == (200, 2)
+    assert explained[0] > 0.6 and explained[0] > 5 * explained[1]
+
+
+def test_linear_probe_accuracy_separable_versus_identical() -> None:
+    rng = np.random.default_rng(0)
+    separable = np.concatenate([rng.normal(0, 1, (20, 5)), rng.normal(4, 1, (20, 5))])
+    labels = np.repeat([0, 1], 20)
+    assert cross_validated_accuracy(separable, labels, folds=4, seed=0) >= 0.95
+    same = rng.normal(0, 1, (40, 5))
+    assert cross_validated_accuracy(same, labels, folds=4, seed=0) < 0.8
+
+
+def test_gap_report_end_to_end(tmp_path: Path) -> None:
+    _write_images(tmp_path / "real", 6, seed=0)
+    _write_images(tmp_path / "synthetic", 6, seed=1, patch=True, level=0.7)
+    config = GapReportConfig(datasets={"real": str(tmp_path / "real"), "synthetic": str(tmp_path / "synthetic")},
+                             out_dir=str(tmp_path / "report"), image_size=64, kid_subsets=5, examples_per_set=2)
+    result = build_gap_report(config)
+    out = tmp_path / "report"
+    for name in ("index.html", "gap_report.json", "config.json", "pca.png", "histograms.png",
+                 "classifier_cam.png", "discrepancy.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert "FD (MobileNetV2)" in (out / "index.html").read_text() or "FID" in result["feature_space_for_distances"]
+    distances = result["distances_to_reference"]
+    assert distances["real"]["frechet_distance"] == pytest.approx(0.0, abs=1e-6)
+    assert distances["synthetic"]["frechet_distance"] > 1.0
+    assert distances["synthetic"]["kid"] > abs(distances["real"]["kid"])
+    assert result["real_vs_other_classifier"]["synthetic"]["cross_validated_accuracy"] >= 0.9
+    assert result["feature_discrepancy"]["synthetic"]["mean"] > result["feature_discrepancy"]["real"]["mean"]
+    assert result["histogram_emd_to_reference"]["synthetic"]["grey"] > 0.05
+    assert json.loads((out / "gap_report.json").read_text())["reference"] == "real"
+
+
+def test_gap_report_rejects_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(GapReportError, match="at least two"):
+        GapReportConfig(datasets={"real": str(tmp_path)}, out_dir=str(tmp_path / "r"))
+    with pytest.raises(GapReportError, match="reference"):
+        GapReportConfig(datasets={"a": "x", "b": "y"}, out_dir="r", reference="c")
