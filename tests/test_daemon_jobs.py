@@ -145,6 +145,30 @@ def test_bad_config_unknown_kind_and_paths_outside_the_roots(tmp_path: Path) -> 
         manager.close()
 
 
+def test_a_clean_shutdown_leaves_the_running_job_queued_for_the_next_daemon(
+        tmp_path: Path) -> None:
+    manager = _manager(tmp_path, step_s=0.05)
+    job = manager.start("train_refiner", {"steps": 60})
+    deadline = time.monotonic() + 10
+    while manager.get(job.job_id).progress.get("step", 0) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    manager.close()  # what SIGTERM does: the trainer is asked to stop and saves its state
+    record = json.loads((manager.jobs_dir / job.job_id / RECORD_NAME).read_text())
+    assert record["state"] == "queued" and "shutdown" in record["message"]
+    stopped_at = record["progress"]["step"]
+    again = JobManager(tmp_path / "state", trainers={"train_refiner": CountingTrainer()})
+    try:
+        done = again.wait(job.job_id, timeout_s=20)
+        assert done.state == "succeeded" and done.progress["step"] == 60
+        assert stopped_at < 60
+        starts = (tmp_path / "state" / "jobs" / job.job_id / "run" / "starts.jsonl")
+        resumed = json.loads(starts.read_text().splitlines()[1])
+        assert resumed == {"from_step": stopped_at, "resume": True}
+    finally:
+        again.close()
+
+
 def test_a_repeated_request_id_does_not_start_a_second_job(tmp_path: Path) -> None:
     manager = _manager(tmp_path)
     try:
