@@ -7,7 +7,8 @@ a ``protocol.errors`` exception.
   ``timeout_ms`` for its reply; then the socket is closed and reopened and every pending
   request is sent again, up to ``retries`` times; after that ``DaemonUnreachableError``.
   ``send_request`` + ``poll_reply(timeout_ms=0)`` never block, so a Blender timer can drive
-  them; ``request`` is the blocking form.
+  them; ``request`` is the blocking form, and ``refine`` splits any number of crops into
+  requests within the limits and retries "busy" answers.
 - ``Server`` (a ROUTER socket) yields decoded requests with the peer that sent them. A
   message that fails to decode never escapes: the peer gets an ``ErrorReply`` instead.
 - CURVE: ``generate_keypair`` makes keys; a server given ``CurveServerKeys`` encrypts and
@@ -20,9 +21,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
+import numpy as np
 import zmq
 
 from protocol.codec import decode, encode, peek_request_id
@@ -42,6 +45,9 @@ from protocol.messages import (
     JobProgress,
     JobSubscribe,
     Message,
+    RefineReply,
+    RefineRequest,
+    new_request_id,
 )
 from protocol.version import DEFAULT_ENDPOINT, PROTOCOL_VERSION
 
@@ -116,6 +122,16 @@ def _wrap_zmq(action: str, endpoint: str, exc: zmq.ZMQError) -> TransportError:
 
 # --------------------------------------------------------------------------------------
 # Client
+
+
+@dataclass(frozen=True)
+class RefinedCrops:
+    """What ``Client.refine`` returns: every crop refined, in the order sent."""
+
+    images: np.ndarray  # uint8 (N, H, W, 3)
+    attention: np.ndarray | None  # float32 (N, H, W), attention refiners only
+    meta: tuple[dict[str, Any], ...]
+    model_sha256: str
 
 
 @dataclass
@@ -338,6 +354,70 @@ class Client:
         if not isinstance(reply, HandshakeReply):
             raise TransportError(f"expected a handshake_reply, got {reply.TYPE}")
         return reply
+
+    def refine(
+        self,
+        model: str,
+        crops: np.ndarray,
+        *,
+        masks: np.ndarray | None = None,
+        meta: Sequence[dict[str, Any]] = (),
+        busy_retries: int = 20,
+    ) -> RefinedCrops:
+        """Refine any number of crops (blocking): split into requests of at most
+        ``limits.max_crops``, send them all at once, and reassemble the replies in order.
+
+        A "busy" answer is retried after the daemon's ``retry_after_ms``, up to
+        ``busy_retries`` times per chunk; other errors raise ``RemoteError``.
+        """
+        count = int(crops.shape[0]) if isinstance(crops, np.ndarray) and crops.ndim else 0
+        meta = tuple(meta) or tuple({} for _ in range(count))
+        if len(meta) != count:
+            raise ValueError(f"meta has {len(meta)} entries for {count} crops")
+        step = self.limits.max_crops
+        chunks = [RefineRequest(model=model, crops=crops[start:start + step],
+                                masks=None if masks is None else masks[start:start + step],
+                                meta=meta[start:start + step])
+                  for start in range(0, max(count, 1), step)]
+        replies: dict[int, RefineReply] = {}
+        busy_left = {index: busy_retries for index in range(len(chunks))}
+        waiting = {self.send_request(chunk): index for index, chunk in enumerate(chunks)}
+        held: list[Message] = []  # others' messages (events), kept for poll_reply
+        try:
+            while waiting:
+                reply = self.poll_reply(timeout_ms=self.timeout_ms)
+                if reply is not None and reply.request_id not in waiting:
+                    held.append(reply)
+                elif reply is not None:
+                    self._take_refine_reply(reply, waiting, chunks, replies, busy_left)
+        finally:
+            self._inbox.extend(held)
+            for request_id in waiting:  # after an error: drop the rest's replies when they come
+                self._pending.pop(request_id, None)
+        ordered = [replies[index] for index in range(len(chunks))]
+        attention = (None if any(r.attention is None for r in ordered)
+                     else np.concatenate([r.attention for r in ordered]))
+        return RefinedCrops(
+            images=np.concatenate([r.images for r in ordered]), attention=attention,
+            meta=tuple(item for r in ordered for item in r.meta),
+            model_sha256=ordered[0].model_sha256)
+
+    def _take_refine_reply(self, reply: Message, waiting: dict[str, int],
+                           chunks: list[RefineRequest], replies: dict[int, RefineReply],
+                           busy_left: dict[int, int]) -> None:
+        """One answer for ``refine``: keep a result, resend after "busy", raise otherwise."""
+        index = waiting.pop(reply.request_id)
+        if isinstance(reply, ErrorReply):
+            if reply.code != "busy" or busy_left[index] == 0:
+                raise RemoteError(reply.code, reply.message, reply.hint, reply.request_id)
+            busy_left[index] -= 1
+            time.sleep(max(reply.retry_after_ms, 1) / 1000.0)
+            resend = dataclasses.replace(chunks[index], request_id=new_request_id())
+            waiting[self.send_request(resend)] = index
+            return
+        if not isinstance(reply, RefineReply):
+            raise TransportError(f"expected a refine_reply, got {reply.TYPE}")
+        replies[index] = reply
 
 
 # --------------------------------------------------------------------------------------

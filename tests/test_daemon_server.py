@@ -250,6 +250,25 @@ def test_a_full_queue_answers_busy_with_a_retry_hint(tmp_path: Path, serve, clie
     assert sum(loaded["b"].batch_sizes) == 2 * len(done)  # busy requests never reached the model
 
 
+def test_client_refine_splits_by_the_limit_and_retries_busy_answers(
+        tmp_path: Path, serve) -> None:
+    from protocol.limits import Limits
+
+    service, loaded = _stand_in_service(tmp_path, delay_s=0.05)
+    server = serve(service, max_queue=1, batch_wait_ms=0, batch_max_crops=3)
+    crops = _crops(10)
+    meta = [{"i": i} for i in range(10)]
+    with Client(server.endpoint, timeout_ms=5000, retries=0,
+                limits=Limits(max_crops=3)) as client:
+        result = client.refine("a", crops, meta=meta)
+        with pytest.raises(RemoteError, match="unknown_model"):
+            client.refine("nope", crops)
+    np.testing.assert_array_equal(result.images, 255 - crops)  # all 10, in order
+    assert result.meta == tuple(meta) and result.attention is None
+    assert sorted(loaded["a"].batch_sizes) == [1, 3, 3, 3]  # chunks of max_crops = 3
+    assert server.stats["busy"] >= 1  # four chunks at once against a queue of one
+
+
 def test_daemon_answers_while_a_long_batch_runs(tmp_path: Path, serve, client_for) -> None:
     service, loaded = _stand_in_service(tmp_path, delay_s=1.0)
     server = serve(service, batch_wait_ms=0)
