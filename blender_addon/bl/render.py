@@ -53,7 +53,9 @@ def _proxy_person(recipe: PersonRecipe, collection: bpy.types.Collection) -> _Pe
     body.location = (0.0, 0.0, body_height / 2)
     head = scene_build.add_marker(f"{recipe.name}_head", (0.0, 0.0, head_z - base_z),
                                   0.11, recipe.pass_index, collection)
+    emissive = head.data.materials[0]
     head.data.materials.clear()
+    bpy.data.materials.remove(emissive)
     material = bpy.data.materials.get("proxy_skin") or scene_build._material("proxy_skin", (0.8, 0.55, 0.4))
     body.data.materials.append(material)
     head.data.materials.append(material)
