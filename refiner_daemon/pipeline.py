@@ -140,7 +140,7 @@ def split_real_frames(names: list[str], split: dict[str, Any]) -> dict[str, list
         fractions = np.array([float(split[k]) for k in ("train", "val", "test")])
         if (fractions <= 0).any():
             raise PipelineError(f"real_split fractions must be positive, got {split}")
-        counts = np.floor(fractions / fractions.sum() * len(ordered)).astype(int)
+        counts = np.round(fractions / fractions.sum() * len(ordered)).astype(int)
         counts = np.maximum(counts, 1)
         counts[0] = len(ordered) - counts[1] - counts[2]
         if counts[0] < 1:
