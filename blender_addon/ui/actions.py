@@ -250,6 +250,12 @@ def start_preview_render(*, resolution: int = 384, samples: int = 8, channel: st
     return out
 
 
+def use_preview_frame(folder: str | Path) -> None:
+    """Refine Preview works on this render folder (e.g. a frame of a batch run) from now on."""
+    load_rendered_frame(Path(folder), 0)  # fails early, with a clear message, if it is not one
+    _STATE["preview_dir"] = Path(folder)
+
+
 def start_batch_render(spec: RenderJobSpec) -> RenderProcess:
     """The render CLI in a subprocess (the same command as headless batch rendering)."""
     process = RenderProcess.for_spec(spec, render_cli_prefix(_blender_binary()))
