@@ -1,6 +1,6 @@
 """``refiner-daemon``: run the refinement daemon, ask a running one for its status, make keys.
 
-    refiner-daemon serve --bind tcp://127.0.0.1:5555 --models models/ --state out/daemon
+    refiner-daemon serve --bind tcp://127.0.0.1:5555 --models models/ --device auto
     refiner-daemon status --endpoint tcp://127.0.0.1:5555 --jobs
     refiner-daemon keygen --out keys/ --name daemon
 """
@@ -29,6 +29,7 @@ from protocol.transport import (
 from protocol.version import DEFAULT_ENDPOINT
 
 PUBLIC_SUFFIX, SECRET_SUFFIX = ".pub", ".key"
+DEFAULT_STATE_DIR = "out/refiner-daemon"
 
 EPILOG = """\
 examples:
@@ -173,8 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--bind", default=DEFAULT_ENDPOINT,
                        help="ZeroMQ endpoint (default %(default)s; non-loopback needs keys)")
     serve.add_argument("--models", required=True, help="folder of exported refiners <name>.pt")
-    serve.add_argument("--state", required=True,
-                       help="folder for job records and default run folders")
+    serve.add_argument("--state", default=DEFAULT_STATE_DIR,
+                       help="folder for job records, default run folders and daemon.json "
+                            "(default %(default)s)")
     serve.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     serve.add_argument("--allow-root", action="append", default=[], metavar="DIR",
                        help="a folder job configs may read and write (repeatable)")
