@@ -262,8 +262,15 @@ def test_populate_reroll_and_mblab_missing(addon: Any) -> None:
             bpy.ops.fsynth.populate()
         assert "missing" in addon.mblab_status
         assert len(scene_objects.people_roots()) == 3  # the failed populate changed nothing
+        addon.mblab_status = "not checked"
+        assert bpy.ops.fsynth.check_mblab() == {"FINISHED"}
+        assert addon.mblab_status.startswith("missing: ") and "MB-Lab" in addon.mblab_status
     finally:
         addon.human_backend = "proxy"
+    meshes_before = len(bpy.data.meshes)
+    assert bpy.ops.fsynth.clear_people() == {"FINISHED"}
+    assert scene_objects.people_roots() == [] and scene_objects.PEOPLE_COLLECTION not in bpy.data.collections
+    assert len(bpy.data.meshes) < meshes_before  # their meshes went with them, no orphans
 
 
 def test_dead_and_silent_daemons_fail_fast_and_stop_the_timer(addon: Any) -> None:
