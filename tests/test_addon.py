@@ -302,10 +302,18 @@ def test_preview_render_refine_and_live_preview(addon: Any, daemon: str) -> None
 
     addon.seed = 11
     assert bpy.ops.fsynth.populate() == {"FINISHED"}
+    moved = scene_objects.people_roots()[0]
+    moved.location.x -= 0.2  # the preview must render people where the artist put them
+    moved.rotation_euler.z += 0.5
+    bpy.context.view_layer.update()
     assert bpy.ops.fsynth.render_preview() == {"FINISHED"}
     assert runtime.run_until_idle(120.0), runtime.STATUS
     assert runtime.STATUS["render"].startswith("done"), runtime.STATUS
     out = actions.preview_dir() / "render"
+    record = json.loads((out / "frames" / "000000.json").read_text())
+    rendered = {p["name"]: p for p in record["manifest"]["recipe"]["people"]}[str(moved["fsynth_person"])]
+    assert np.allclose(rendered["location"], tuple(moved.location), atol=1e-5)
+    assert rendered["heading_rad"] == pytest.approx(moved.rotation_euler.z, abs=1e-5)
     frame = load_rendered_frame(out, 0)
     assert frame.image.shape[:2] == (160, 160) and len(frame.people) >= 1
     annotated = scene_objects.image_pixels(bpy.data.images[actions.IMAGE_ANNOTATED])
