@@ -217,6 +217,7 @@ def start_preview_render(*, resolution: int = 384, samples: int = 8, channel: st
         raise ActionError("no people in the scene: press Populate first")
     spec = current_scene()
     furniture, polygons, seats = scene_objects.read_proxies()
+    runtime.cancel_task(channel)  # a render still writing here must stop before its folder goes
     root = preview_dir()
     out = root / channel
     if out.exists():
