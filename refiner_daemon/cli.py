@@ -1,7 +1,8 @@
-"""``refiner-daemon``: run the refinement daemon, ask a running one for its status, make keys.
+"""``refiner-daemon``: run the refinement daemon, ask it for its status, refine datasets, make keys.
 
     refiner-daemon serve --bind tcp://127.0.0.1:5555 --models models/ --device auto
     refiner-daemon status --endpoint tcp://127.0.0.1:5555 --jobs
+    refiner-daemon refine out/render out/refined --model aggan_v1 --size 128
     refiner-daemon keygen --out keys/ --name daemon
 """
 
@@ -15,6 +16,8 @@ import signal
 import sys
 import threading
 from pathlib import Path
+
+import numpy as np
 
 from protocol.errors import ProtocolError
 from protocol.fileio import atomic_write_json, atomic_write_text
@@ -42,10 +45,29 @@ examples:
   refiner-daemon serve --bind tcp://0.0.0.0:5555 --models models/ --state out/daemon \\
       --curve-key keys/daemon --allow-client keys/artist1.pub
 
+  # refine a rendered dataset through a running daemon (resumable; annotations copied as is)
+  refiner-daemon refine out/render out/refined --model aggan_v1 --size 128 \
+      --endpoint tcp://127.0.0.1:5555
+
   # what does a daemon offer, and what are its jobs doing?
   refiner-daemon status --endpoint tcp://127.0.0.1:5555 --jobs
   refiner-daemon status --endpoint tcp://host:5555 --server-key keys/daemon.pub \\
       --client-key keys/artist1
+"""
+
+
+REFINE_EPILOG = """\
+examples:
+  # start a daemon, then refine a render through it
+  refiner-daemon serve --models models/ --bind tcp://127.0.0.1:5555 &
+  refiner-daemon refine out/render out/render_refined --model aggan_v1 --size 128
+
+  # the same against a daemon on another machine (CURVE keys)
+  refiner-daemon refine out/render out/refined --model aggan_v1 \\
+      --endpoint tcp://gpu-box:5555 --server-key keys/daemon.pub --client-key keys/artist1
+
+An interrupted run resumes: rerun the same command. A folder started with another model,
+other weights or other crop settings is refused.
 """
 
 
@@ -126,15 +148,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def client_keys(args: argparse.Namespace) -> CurveClientKeys | None:
+    """The CURVE keys named by --server-key/--client-key, or None for a loopback daemon."""
+    if not args.server_key:
+        return None
+    if not args.client_key:
+        raise SystemExit("error: --server-key needs --client-key (make one with "
+                         "`refiner-daemon keygen`)")
+    return CurveClientKeys(read_key(args.server_key), read_key(args.client_key + PUBLIC_SUFFIX),
+                           read_key(args.client_key + SECRET_SUFFIX))
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    curve = None
-    if args.server_key:
-        if not args.client_key:
-            print("error: --server-key needs --client-key (make one with keygen)", file=sys.stderr)
-            return 2
-        curve = CurveClientKeys(read_key(args.server_key),
-                                read_key(args.client_key + PUBLIC_SUFFIX),
-                                read_key(args.client_key + SECRET_SUFFIX))
+    curve = client_keys(args)
     try:
         with Client(args.endpoint, timeout_ms=args.timeout_ms, retries=args.retries,
                     curve=curve) as client:
@@ -161,6 +187,85 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"job {job['job_id']}  {job['kind']:15} {job['state']:10} step {step}  "
               f"{job['message']}")
     return 0
+
+
+def cmd_refine(args: argparse.Namespace) -> int:
+    """Refine a rendered dataset through a running daemon (``refiner_daemon.batch_refine``)."""
+    from protocol.annotations import AnnotationError
+    from protocol.errors import DaemonUnreachableError, RemoteError
+    from refiner_daemon.batch_refine import (
+        BatchRefineConfig,
+        BatchRefineError,
+        RefinerIdentity,
+        refine_dataset,
+    )
+
+    try:
+        config = BatchRefineConfig(crop_size=args.size, fit_margin_px=args.fit_margin,
+                                   feather_px=args.feather)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    curve = client_keys(args)
+    try:
+        # A short timeout to find the daemon, then a long one: a batch may take a while.
+        with Client(args.endpoint, timeout_ms=min(args.timeout_ms, args.connect_timeout_ms),
+                    retries=args.retries, curve=curve) as client:
+            hello = client.handshake("refiner-daemon-refine")
+            models = list(hello.capabilities.models)
+            if args.model not in models:
+                print(f"error: the daemon at {args.endpoint} has no model {args.model!r}; its "
+                      f"models: {models} (files <name>.pt in its --models folder)",
+                      file=sys.stderr)
+                return 2
+            client.timeout_ms = args.timeout_ms
+            # One probe crop: the model loads, and its sha256 goes into refiner.json.
+            probe = np.random.default_rng(0).integers(0, 256, (1, args.size, args.size, 3),
+                                                      dtype=np.uint8)
+            sha256 = client.refine(args.model, probe).model_sha256
+            identity = RefinerIdentity(model=args.model, model_sha256=sha256,
+                                       daemon_version=hello.daemon_version,
+                                       endpoint=args.endpoint)
+
+            def refine_through_daemon(crops: np.ndarray) -> np.ndarray:
+                result = client.refine(args.model, crops)
+                if result.model_sha256 != sha256:
+                    raise BatchRefineError(
+                        f"the daemon's model {args.model!r} changed during the run (sha256 "
+                        f"{sha256[:12]} -> {result.model_sha256[:12]}); rerun into a new "
+                        "output folder")
+                return result.images
+
+            summary = refine_dataset(args.in_dir, args.out_dir, refine_through_daemon,
+                                     identity, config, progress=not args.quiet)
+    except DaemonUnreachableError as exc:
+        print(f"error: {exc}; is the daemon running? start one with `refiner-daemon serve "
+              f"--bind {args.endpoint} --models DIR`, or pass --endpoint", file=sys.stderr)
+        return 1
+    except RemoteError as exc:
+        print(f"error: the daemon refused: {exc}", file=sys.stderr)
+        return 1
+    except (BatchRefineError, AnnotationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ProtocolError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"refined {summary.frames_refined} frames ({summary.people_refined} people) into "
+          f"{args.out_dir}; {summary.frames_skipped_done} already done; "
+          f"{len(summary.people_skipped)} people skipped (see refine_report.json)")
+    return 0
+
+
+def _add_client_options(parser: argparse.ArgumentParser, timeout_ms: int) -> None:
+    parser.add_argument("--endpoint", default=DEFAULT_ENDPOINT,
+                        help="the daemon's endpoint (default %(default)s)")
+    parser.add_argument("--timeout-ms", type=int, default=timeout_ms,
+                        help="how long one try waits for a reply (default %(default)s)")
+    parser.add_argument("--retries", type=int, default=1,
+                        help="tries after the first, on a fresh socket (default %(default)s)")
+    parser.add_argument("--server-key", metavar="PUBFILE", help="the daemon's public key file")
+    parser.add_argument("--client-key", metavar="PREFIX", help="reads PREFIX.pub and PREFIX.key")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,14 +299,34 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=cmd_serve)
 
     status = commands.add_parser("status", help="ask a daemon what it offers and runs")
-    status.add_argument("--endpoint", default=DEFAULT_ENDPOINT)
+    _add_client_options(status, timeout_ms=2000)
     status.add_argument("--jobs", action="store_true", help="also list the jobs")
     status.add_argument("--json", action="store_true", help="print JSON")
-    status.add_argument("--timeout-ms", type=int, default=2000)
-    status.add_argument("--retries", type=int, default=1)
-    status.add_argument("--server-key", metavar="PUBFILE", help="the daemon's public key file")
-    status.add_argument("--client-key", metavar="PREFIX", help="reads PREFIX.pub and PREFIX.key")
     status.set_defaults(run=cmd_status)
+
+    refine = commands.add_parser(
+        "refine", help="refine a rendered dataset through a running daemon",
+        description="Crop every person of every frame of IN_DIR (fitted to their mask), refine "
+                    "the crops with the daemon's model, blend them back under each person's own "
+                    "mask and write the refined dataset to OUT_DIR: images replaced, annotations "
+                    "(coco.json, masks/, frames/, run_config.json) copied byte for byte, and "
+                    "refiner.json recording the model. Rerunning the same command resumes.",
+        epilog=REFINE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    refine.add_argument("in_dir", metavar="IN_DIR", help="rendered dataset (holds coco.json)")
+    refine.add_argument("out_dir", metavar="OUT_DIR", help="where the refined dataset goes")
+    refine.add_argument("--model", required=True, help="the daemon's model name (<name>.pt)")
+    refine.add_argument("--size", type=int, default=128,
+                        help="crop side in pixels, even (default %(default)s)")
+    refine.add_argument("--fit-margin", type=float, default=10.0,
+                        help="pixels between the person's mask and the crop border "
+                             "(default %(default)s)")
+    refine.add_argument("--feather", type=float, default=10.0,
+                        help="blend ramp width at crop borders, crop pixels (default %(default)s)")
+    _add_client_options(refine, timeout_ms=120_000)
+    refine.add_argument("--connect-timeout-ms", type=int, default=5000,
+                        help="how long the first handshake waits (default %(default)s)")
+    refine.add_argument("--quiet", action="store_true", help="no progress bar")
+    refine.set_defaults(run=cmd_refine)
 
     keygen = commands.add_parser("keygen", help="make a CURVE key pair")
     keygen.add_argument("--out", required=True, help="folder for NAME.pub and NAME.key")
