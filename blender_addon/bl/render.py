@@ -73,7 +73,9 @@ class FrameRenderer:
     """Renders frames of one run; one instance per worker process."""
 
     def __init__(self, config: BatchConfig, out: Path, scene: SceneSpec | None = None,
-                 threads: int = 0) -> None:
+                 threads: int = 0, cycles_seed_offset: int = 0) -> None:
+        # cycles_seed_offset decorrelates a benchmark's reference from the renders it scores.
+        self.cycles_seed_offset = cycles_seed_offset
         self.config = config
         self.out = Path(out)
         self.scene = scene or load_scene(config.scene)
@@ -175,7 +177,7 @@ class FrameRenderer:
         scene_build.apply_lighting(scene_build.Lighting(
             lighting.sun_elevation_deg, lighting.sun_azimuth_deg, lighting.sun_strength,
             lighting.sun_angle_deg, lighting.sun_color, ambient, lighting.ambient_strength))
-        bpy.context.scene.cycles.seed = recipe.cycles_seed
+        bpy.context.scene.cycles.seed = (recipe.cycles_seed + self.cycles_seed_offset) % (2**31 - 1)
         people = self._add_people(recipe)
         try:
             self._animate(people)
