@@ -103,13 +103,19 @@ class PipelineConfig:
             raise PipelineError(f"detector: {sorted(forbidden)} are set by the pipeline; remove them")
         if self.mix_refined is not None and self.mix_refined not in self.refined:
             raise PipelineError(f"mix_refined {self.mix_refined!r} is not one of refined {sorted(self.refined)}")
-        if self.synthetic is None and self.render is None:
+        if self.needs_synthetic and self.synthetic is None and self.render is None:
             raise PipelineError("give synthetic (an existing rendered set) or render (stage 1 settings)")
         for name, refined in self.refined.items():
             if refined.path is None and refined.preset is None:
                 raise PipelineError(f"refined[{name!r}]: give path (existing S+) or preset (stages 3-4)")
         # Fail now, not after an hour of training, when the detector settings are wrong.
         DetectorConfig.from_dict({**self.detector, "train": ["."], "val": ["."], "out_dir": "."})
+
+    @property
+    def needs_synthetic(self) -> bool:
+        """S is needed to train on it or to make a refined set from it."""
+        return bool({"S", "R_train+S"} & set(self.experiments)) or any(
+            r.path is None for r in self.refined.values())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
@@ -295,13 +301,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     atomic_write_json(out / "real_split.json", frames)
     r_train, r_val, r_test = (DatasetSpec(str(real), images=frames[k]) for k in ("train", "val", "test"))
 
-    synthetic = stage_render(cfg, out / "S")
+    synthetic = stage_render(cfg, out / "S") if cfg.needs_synthetic else None
     refined_paths: dict[str, Path] = {}
     crops: dict[str, Path] = {}
     for name, refined in cfg.refined.items():
         if refined.path is not None:
             refined_paths[name] = _existing(refined.path, f"refined[{name!r}]")
             continue
+        assert synthetic is not None  # needs_synthetic holds when a refined set has no path
         if not crops:
             crops = {"S": stage_crop(synthetic, out / "crops" / "S", None, cfg.crops),
                      "R_train": stage_crop(real, out / "crops" / "R_train", frames["train"], cfg.crops)}
@@ -309,9 +316,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                                     out / "refiners" / slug(name), cfg.refiner, cfg.seed)
         refined_paths[name] = stage_refine(model, synthetic, out / "refined" / slug(name))
 
-    s_spec = DatasetSpec(str(synthetic))
+    s_spec = DatasetSpec(str(synthetic)) if synthetic is not None else None
     plans: list[tuple[str, str, list[DatasetSpec]]] = []  # (table, row name, training sets)
-    if "S" in cfg.experiments:
+    if "S" in cfg.experiments and s_spec is not None:
         plans.append(("4.2", "S", [s_spec]))
     if "R_train" in cfg.experiments or "mix" in cfg.experiments:
         plans.append(("4.2", "R_train", [r_train]))
@@ -319,7 +326,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         for name, path in refined_paths.items():
             table = "4.3" if cfg.refined[name].has_skip(name) else "4.4"
             plans.append((table, name, [DatasetSpec(str(path))]))
-    if "R_train+S" in cfg.experiments:
+    if "R_train+S" in cfg.experiments and s_spec is not None:
         plans.append(("4.5", "R_train + S", [r_train, s_spec]))
     if "R_train+refined" in cfg.experiments:
         for name, path in refined_paths.items():
@@ -348,7 +355,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                                             [r_val], [r_test], cfg, out, seed) for seed in seeds]
             tables.setdefault("4.6", []).append(row)
 
-    results = {"seeds": seeds, "real_split": frames, "synthetic": str(synthetic),
+    results = {"seeds": seeds, "real_split": frames, "synthetic": str(synthetic) if synthetic else None,
                "refined": {k: str(v) for k, v in refined_paths.items()}, "mix_refined": mix_name,
                "tables": {t: {row: summarise(runs[row]) for row in rows} for t, rows in tables.items()},
                "runs": {name: [asdict(r) for r in rs] for name, rs in runs.items()}}

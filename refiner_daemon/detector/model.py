@@ -70,12 +70,16 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _mobilenet_v2(pretrained: bool, weights: str | None) -> tuple[nn.Module, int]:
-    network = torchvision.models.mobilenet_v2(weights=None)
-    if pretrained:
-        network.load_state_dict(_load_state_dict(Path(weights) if weights else mobilenet_v2_weights_path()))
-    # Blocks 0-13 end at stride 16 with 96 channels: a 28x28 grid at 448 px, fine enough for heads.
-    return network.features[:14], 96
+def _mobilenet_v2_cut(blocks: int, channels: int) -> Callable[[bool, str | None], tuple[nn.Module, int]]:
+    """MobileNetV2's first ``blocks`` feature blocks (ImageNet weights unless from scratch)."""
+
+    def build(pretrained: bool, weights: str | None) -> tuple[nn.Module, int]:
+        network = torchvision.models.mobilenet_v2(weights=None)
+        if pretrained:
+            network.load_state_dict(_load_state_dict(Path(weights) if weights else mobilenet_v2_weights_path()))
+        return network.features[:blocks], channels
+
+    return build
 
 
 def _squeezenet(pretrained: bool, weights: str | None) -> tuple[nn.Module, int]:
@@ -93,7 +97,10 @@ def _squeezenet(pretrained: bool, weights: str | None) -> tuple[nn.Module, int]:
 
 
 BACKBONES: dict[str, Callable[[bool, str | None], tuple[nn.Module, int]]] = {
-    "mobilenet_v2": _mobilenet_v2,
+    # Blocks 0-13 end at stride 16 with 96 channels: a 28x28 grid at 448 px, fine enough for heads.
+    "mobilenet_v2": _mobilenet_v2_cut(14, 96),
+    # Blocks 0-10 also end at stride 16 (64 channels) and cost about 30 % fewer operations.
+    "mobilenet_v2_lite": _mobilenet_v2_cut(11, 64),
     "squeezenet": _squeezenet,
 }
 
@@ -105,16 +112,21 @@ def build_backbone(name: str, pretrained: bool = True, weights: str | None = Non
 
 
 class HeadDetector(nn.Module):
-    """Backbone, a 3x3 conv block, and ConvDet: ``k * (4 + 1)`` outputs per grid cell."""
+    """Backbone, a depthwise-separable 3x3 block, and ConvDet (a 3x3 convolution with
+    ``k * (4 + 1)`` outputs per grid cell)."""
 
     def __init__(self, backbone: str, anchor_shapes: np.ndarray | torch.Tensor, input_size: int,
-                 pretrained: bool = True, weights: str | None = None, neck_channels: int = 128) -> None:
+                 pretrained: bool = True, weights: str | None = None, neck_channels: int = 96) -> None:
         super().__init__()
         self.backbone_name = backbone
         self.input_size = int(input_size)
         self.backbone, channels = build_backbone(backbone, pretrained, weights)
-        self.neck = nn.Sequential(nn.Conv2d(channels, neck_channels, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(neck_channels), nn.ReLU(inplace=True))
+        # Depthwise-separable: a dense 3x3 here would cost as much as a third of the backbone.
+        self.neck = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
+            nn.BatchNorm2d(channels), nn.ReLU6(inplace=True),
+            nn.Conv2d(channels, neck_channels, 1, bias=False),
+            nn.BatchNorm2d(neck_channels), nn.ReLU6(inplace=True))
         shapes = torch.as_tensor(np.asarray(anchor_shapes), dtype=torch.float32).reshape(-1, 2)
         self.register_buffer("anchor_shapes", shapes)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
