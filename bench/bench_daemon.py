@@ -1,23 +1,36 @@
-"""Benchmark: what the daemon adds to refinement, and what batching across clients buys.
+"""Benchmark: what the daemon adds to refinement, what batching buys, and whether it leaks.
 
 A randomly initialised CycleGAN refiner (width 16, 3 residual blocks, 64x64 crops) is exported
-to a temporary model folder and served on loopback TCP by a ``DaemonServer`` thread.
+to a temporary model folder.
 
-1. Overhead: one client refines 16 crops through the daemon (encode, send, decode, queue,
-   refine, reply) vs ``RefinerService.refine`` on the same crops in-process (the baseline).
-2. Batching: 8 clients each ask for 2 crops at the same moment. With batching (wait up to
+1. Overhead: one client refines 16 crops through a ``DaemonServer`` thread (encode, send,
+   decode, queue, refine, reply) vs ``RefinerService.refine`` on the same crops in-process
+   (the baseline).
+2. Burst: 8 clients each ask for 2 crops at the same moment. With batching (wait up to
    20 ms, up to 64 crops per call) vs without (one model call per request: at most 2 crops
    per batch, no waiting). Reported as crops per second; the baseline is "without".
+3. Concurrency: a daemon process (``refiner-daemon serve``) and 1, 4 or 8 client threads,
+   each sending 2-crop requests one after another for a fixed number of requests; with
+   batching on and off. Throughput and per-request latency (p50, p99); baseline: batching
+   off at the same client count.
+4. Memory: a daemon process serving a tiny refiner answers 10,000 one-crop requests (16x16);
+   its resident set size (``/proc/PID/status`` VmRSS) after the first 1,000 is the baseline
+   for the RSS after all 10,000 (the goal: within 5 %).
 
 Run: ``python -m bench daemon``; JSON goes to ``bench/results/daemon.json``.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +46,9 @@ from refiner_daemon.training import ModelSpec, export_refiner
 
 SIDE, CROPS, CLIENTS, CROPS_PER_CLIENT = 64, 16, 8, 2
 REPEATS = 9
+CLIENT_COUNTS = (1, 4, 8)
+REQUESTS_PER_CLIENT = {1: 60, 4: 30, 8: 20}  # about the same total work at each count
+MEMORY_REQUESTS, MEMORY_FIRST, MEMORY_SIDE, MEMORY_WINDOW = 10_000, 1_000, 16, 16
 
 
 def _serve(service: RefinerService, config: ServerConfig
@@ -60,6 +76,116 @@ def _burst(clients: list[Client], crops: np.ndarray) -> None:
     for client in clients:
         reply = client.poll_reply(timeout_ms=60_000)
         assert isinstance(reply, RefineReply), reply
+
+
+@contextmanager
+def daemon_process(models: Path, state: Path, *options: str) -> Iterator[tuple[str, int]]:
+    """``refiner-daemon serve`` as a separate process on a free loopback port:
+    yields ``(endpoint, pid)`` and stops it (SIGTERM) afterwards."""
+    argv = [sys.executable, "-m", "refiner_daemon.cli", "serve", "--bind", "tcp://127.0.0.1:*",
+            "--models", str(models), "--state", str(state), "--device", "cpu", *options]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               text=True, env=env)
+    try:
+        banner = process.stdout.readline() if process.stdout else ""
+        if not banner.startswith("refiner daemon on "):
+            raise RuntimeError(f"the daemon did not start: {banner!r}")
+        yield banner.split()[3].rstrip(";"), process.pid
+    finally:
+        process.terminate()
+        process.wait(30)
+        if process.stdout:
+            process.stdout.close()
+
+
+def rss_mib(pid: int) -> float:
+    """Resident set size of a process, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def _closed_loop_client(endpoint: str, crops: np.ndarray, requests: int,
+                        latencies: list[float], ready: threading.Barrier) -> None:
+    """One client thread: a request, its reply, the next request, ``requests`` times."""
+    with Client(endpoint, timeout_ms=120_000, retries=0) as client:
+        client.request(RefineRequest(model="bench", crops=crops))  # connect, warm up
+        ready.wait()  # the clock starts when every client is connected
+        for _ in range(requests):
+            started = time.perf_counter()
+            reply = client.request(RefineRequest(model="bench", crops=crops))
+            latencies.append(time.perf_counter() - started)
+            assert isinstance(reply, RefineReply), reply
+
+
+def measure_concurrency(models: Path, state: Path, crops: np.ndarray) -> list[dict]:
+    """Throughput and latency with 1, 4, 8 closed-loop clients, batching on and off."""
+    settings = {
+        "batching on (wait 5 ms, <= 64 crops)": ("--batch-wait-ms", "5", "--batch-crops", "64"),
+        "batching off (one call per request)": ("--batch-wait-ms", "0", "--batch-crops",
+                                                str(crops.shape[0])),
+    }
+    rows = []
+    for name, options in settings.items():
+        with daemon_process(models, state, "--max-queue", "64", *options) as (endpoint, _):
+            for clients in CLIENT_COUNTS:
+                requests = REQUESTS_PER_CLIENT[clients]
+                latencies: list[list[float]] = [[] for _ in range(clients)]
+                ready = threading.Barrier(clients + 1, timeout=300)
+                threads = [threading.Thread(target=_closed_loop_client,
+                                            args=(endpoint, crops, requests, latencies[i], ready))
+                           for i in range(clients)]
+                for thread in threads:
+                    thread.start()
+                ready.wait()  # all connected, and the model loaded by the first request
+                started = time.perf_counter()
+                for thread in threads:
+                    thread.join()
+                seconds = time.perf_counter() - started
+                flat = np.array([value for client in latencies for value in client]) * 1e3
+                if flat.size != clients * requests:
+                    raise RuntimeError(f"{name}, {clients} clients: {flat.size} replies of "
+                                       f"{clients * requests}")
+                rows.append({"server": name, "clients": clients, "requests": int(flat.size),
+                             "crops_per_request": int(crops.shape[0]),
+                             "crops_per_s": flat.size * crops.shape[0] / seconds,
+                             "p50_ms": float(np.percentile(flat, 50)),
+                             "p99_ms": float(np.percentile(flat, 99))})
+    for row in rows:  # baseline: batching off, same number of clients
+        off = next(r for r in rows if r["clients"] == row["clients"] and "off" in r["server"])
+        row["throughput_vs_batching_off"] = row["crops_per_s"] / off["crops_per_s"]
+    return rows
+
+
+def measure_memory(models: Path, state: Path) -> dict:
+    """RSS of a daemon process after 1,000 and after 10,000 one-crop requests."""
+    rng = np.random.default_rng(1)
+    crops = rng.integers(0, 256, (1, MEMORY_SIDE, MEMORY_SIDE, 3), dtype=np.uint8)
+    samples: dict[int, float] = {}
+    with daemon_process(models, state) as (endpoint, pid), \
+            Client(endpoint, timeout_ms=120_000, retries=0) as client:
+        answered = sent = 0
+        started = time.perf_counter()
+        while answered < MEMORY_REQUESTS:
+            while sent < MEMORY_REQUESTS and sent - answered < MEMORY_WINDOW:
+                client.send_request(RefineRequest(model="tiny", crops=crops,
+                                                  meta=({"i": sent},)))
+                sent += 1
+            reply = client.poll_reply(timeout_ms=120_000)
+            if not isinstance(reply, RefineReply):
+                raise TypeError(f"request {answered}: expected a refine_reply, got {reply}")
+            answered += 1
+            if answered % MEMORY_FIRST == 0:
+                samples[answered] = rss_mib(pid)
+        seconds = time.perf_counter() - started
+    first, last = samples[MEMORY_FIRST], samples[MEMORY_REQUESTS]
+    return {"requests": MEMORY_REQUESTS, "crop_side": MEMORY_SIDE, "seconds": seconds,
+            "requests_per_s": MEMORY_REQUESTS / seconds,
+            f"rss_mib_after_{MEMORY_FIRST}": first, f"rss_mib_after_{MEMORY_REQUESTS}": last,
+            "rss_ratio": last / first, "within_5_percent": abs(last / first - 1.0) <= 0.05,
+            "rss_mib_every_1000": [round(samples[n], 1) for n in sorted(samples)]}
 
 
 def main() -> None:
@@ -119,6 +245,14 @@ def main() -> None:
             server.close()
         service.close()
 
+        # 3 and 4: daemon processes, so client threads do not share its interpreter.
+        state = Path(tmp) / "state"
+        concurrency = measure_concurrency(models, state, small)
+        export_refiner(models / "tiny.pt", ModelSpec(width=4, n_blocks=1,
+                                                     crop_size=(MEMORY_SIDE, MEMORY_SIDE)),
+                       ResnetGenerator(width=4, n_blocks=1), name="tiny")
+        memory = measure_memory(models, state)
+
     overhead_ratio = via_daemon / in_process
     batched, unbatched = throughput.values()
     batching_ratio = batched / unbatched
@@ -133,6 +267,14 @@ def main() -> None:
         ["daemon / in-process time", overhead_ratio],
         ["batched / unbatched throughput", batching_ratio],
     ])
+    print_table(f"closed-loop clients, {CROPS_PER_CLIENT} crops of {SIDE}x{SIDE} per request, "
+                "daemon process", ["server", "clients", "requests", "crops/s", "p50 ms",
+                                   "p99 ms", "vs off"],
+                [[r["server"], r["clients"], r["requests"], r["crops_per_s"], r["p50_ms"],
+                  r["p99_ms"], r["throughput_vs_batching_off"]] for r in concurrency])
+    print_table(f"daemon RSS over {MEMORY_REQUESTS} requests (1 crop {MEMORY_SIDE}x{MEMORY_SIDE}, "
+                "width-4 refiner)", ["measure", "value"],
+                [[key, value] for key, value in memory.items()])
     write_result("daemon", {
         "workload": {"crop_side": SIDE, "crops_per_request": CROPS, "clients": CLIENTS,
                      "crops_per_client": CROPS_PER_CLIENT, "model": "cyclegan width 16, 3 blocks",
@@ -144,6 +286,10 @@ def main() -> None:
         "throughput_crops_per_s": throughput,
         "batch_sizes": batch_sizes,
         "ratio_batched_to_unbatched_throughput": batching_ratio,
+        "concurrency": concurrency,
+        "concurrency_baseline": "batching off at the same client count",
+        "memory": memory,
+        "memory_baseline": f"daemon RSS after the first {MEMORY_FIRST} requests",
     })
 
 
