@@ -14,9 +14,11 @@ mix ratio) as a PNG. Every number carries its seed; ``repeats`` reruns every det
 seeds ``seed, seed + 1, ...`` and reports mean ± standard deviation.
 
 Each stage is a function from folders to folders, so any stage can be skipped by naming an
-existing folder in the config. Stages 1 and 4 need entry points this project does not have yet
-(a Python render entry point and a whole-dataset refine step): they raise
-:class:`StageNotAvailable` saying so, and the config must then name existing folders.
+existing folder in the config. Stage 1 (rendering) runs in Blender through the batch renderer,
+which has no Python entry point callable from here: it raises :class:`StageNotAvailable`, and
+the config must name the rendered folder. Stages 2-4 call ``protocol.crop_dataset``,
+``refiner_daemon.training.train_refiner`` and ``refiner_daemon.inference.Refiner`` with
+``protocol.crops.crop_person`` / ``reinsert``.
 
 The real frames R are split by frame (never mixing frames) into contiguous blocks in file-name
 order: consecutive video frames are near duplicates, so contiguous blocks leak less between
@@ -28,6 +30,7 @@ train, val and test than an interleaved split would.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import re
@@ -36,8 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
-from protocol.fileio import atomic_write_json, atomic_write_text
+from protocol.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from refiner_daemon.detector.config import DatasetSpec, DetectorConfig
 from refiner_daemon.detector.data import DatasetError, image_names
 from refiner_daemon.detector.evaluate import evaluate_checkpoint
@@ -187,7 +191,11 @@ def stage_crop(source: Path, out: Path, frames: list[str] | None, settings: dict
         raise StageNotAvailable(f"stage 2 (crop) not available: {exc}") from exc
     if frames is not None:
         source = _subset_folder(source, frames, out.parent / f"{out.name}_frames")
-    build_crop_dataset(source, out, CropDatasetConfig(**settings), progress=True)
+    summary = build_crop_dataset(source, out, CropDatasetConfig(**settings), progress=True)
+    if not summary["crops"]:
+        reasons = sorted({item["reason"] for item in summary["skipped"]})[:3]
+        raise PipelineError(f"stage 2 cut no crops from {source}; first reasons: {reasons}. "
+                            "Adjust \"crops\" in the config (size, fit_margin_px).")
     return out
 
 
@@ -198,18 +206,61 @@ def stage_train_refiner(preset: str, synthetic_crops: Path, real_crops: Path, ou
         from refiner_daemon.training import RefinerConfig, train_refiner
     except ImportError as exc:
         raise StageNotAvailable(f"stage 3 (train refiner) not available: {exc}") from exc
+    # build_crop_dataset keeps the crop images in a crops/ subfolder beside records.json.
+    synthetic_crops, real_crops = (c / "crops" if (c / "crops").is_dir() else c for c in (synthetic_crops, real_crops))
     config = RefinerConfig.from_dict({"seed": seed, **settings, "run_dir": str(out), "preset": preset,
                                       "synthetic_dir": str(synthetic_crops), "real_dir": str(real_crops)})
     return Path(train_refiner(config))
 
 
-def stage_refine(refiner_model: Path, synthetic: Path, out: Path) -> Path:
-    """Stage 4: refine every person of S with the trained refiner and paste it back into S+."""
-    raise StageNotAvailable(
-        "stage 4 (refine a whole rendered set into S+) not available: the project has crop, refine "
-        "and reinsert steps (protocol.crops, refiner_daemon.inference.Refiner) but no whole-dataset "
-        f"refine entry point yet. Refine {synthetic} with {refiner_model} and name the result under "
-        "\"refined\" with its path.")
+def stage_refine(refiner_model: Path, synthetic: Path, out: Path, crop_settings: dict[str, Any]) -> Path:
+    """Stage 4 (thesis Figure 3.10): cut every person of S out upright (Algorithm 5), refine the
+    crops with the trained generator, paste them back under each person's own mask (Algorithm 6)
+    and write S+ with S's annotations unchanged (they stay valid by construction)."""
+    try:
+        from PIL import Image
+
+        from protocol.annotations import load_rendered_coco
+        from protocol.crop_dataset import CropDatasetConfig
+        from protocol.crops import crop_person, reinsert
+        from refiner_daemon.inference import Refiner
+    except ImportError as exc:
+        raise StageNotAvailable(f"stage 4 (refine) not available: {exc}") from exc
+    if (out / "coco.json").exists():  # resumable: a finished S+ is reused
+        return out
+    settings = CropDatasetConfig(**crop_settings)
+    refiner = Refiner.load(refiner_model)
+    source = json.loads((synthetic / "coco.json").read_text())
+    images = load_rendered_coco(synthetic)
+    for image in tqdm(images, desc=f"refining into {out.name}", unit="image"):
+        with Image.open(image.path) as handle:
+            pixels = np.asarray(handle.convert("RGB")).copy()
+        crops, records, masks = [], [], []
+        for index, person in enumerate(image.persons):
+            mask = person.mask
+            if mask is None:
+                raise PipelineError(f"{image.path.name}: person {index} has no mask; refined crops are "
+                                    "pasted back under the person's mask, so S must be rendered with masks")
+            crop, record = crop_person(
+                pixels, person.head_xy, size=settings.size, image_id=image.image_id, mask=mask,
+                scale=settings.min_scale if settings.fit == "none" else None, min_scale=settings.min_scale,
+                max_scale=settings.max_scale, fit_margin_px=settings.fit_margin_px, antialias=settings.antialias)
+            crops.append(crop)
+            records.append(record)
+            masks.append(mask)
+        refined = pixels
+        if crops:
+            refined_crops = refiner.refine(np.stack(crops)).images
+            refined = reinsert(pixels, list(refined_crops), records, masks)
+        relative = image.path.relative_to(synthetic)
+        buffer = io.BytesIO()
+        Image.fromarray(refined).save(buffer, format="PNG" if relative.suffix.lower() == ".png" else "JPEG",
+                                      quality=95)
+        atomic_write_bytes(out / relative, buffer.getvalue())
+    # Written last: its presence marks S+ as complete.
+    atomic_write_json(out / "coco.json", {**source, "refined_by": {"refiner": str(refiner_model),
+                                                                   "sha256": refiner.sha256}})
+    return out
 
 
 def _existing(path: str, what: str) -> Path:
@@ -314,7 +365,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                      "R_train": stage_crop(real, out / "crops" / "R_train", frames["train"], cfg.crops)}
         model = stage_train_refiner(str(refined.preset), crops["S"], crops["R_train"],
                                     out / "refiners" / slug(name), cfg.refiner, cfg.seed)
-        refined_paths[name] = stage_refine(model, synthetic, out / "refined" / slug(name))
+        refined_paths[name] = stage_refine(model, synthetic, out / "refined" / slug(name), cfg.crops)
 
     s_spec = DatasetSpec(str(synthetic)) if synthetic is not None else None
     plans: list[tuple[str, str, list[DatasetSpec]]] = []  # (table, row name, training sets)

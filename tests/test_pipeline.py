@@ -120,6 +120,46 @@ def test_stages_5_to_7_end_to_end(tmp_path: Path) -> None:
     assert (out / "detectors" / "S" / "seed5" / "test.json").stat().st_mtime_ns == stamp
 
 
+def test_stages_2_to_4_make_a_refined_set_and_feed_the_tables(tmp_path: Path) -> None:
+    """Crop S and R_train, train a (tiny, two-step) refiner, refine S into S+, train and test a
+    detector on it: S+ keeps S's annotations and changes pixels only under the person masks."""
+    import numpy as np
+    from PIL import Image
+
+    from protocol.coco import rle_decode
+
+    real = write_disc_dataset(tmp_path / "real", images=5, size=64, radius=(6, 8), seed=0,
+                              style=DiscStyle(background=0.5))
+    synthetic = write_disc_dataset(tmp_path / "S", images=3, size=64, radius=(6, 8), seed=1)
+    config = PipelineConfig.from_dict({
+        "out_dir": str(tmp_path / "exp"), "real": str(real), "synthetic": str(synthetic),
+        "refined": {"C_CP": {"preset": "C_CP"}}, "experiments": ["refined"],
+        "crops": {"size": [48, 32], "fit_margin_px": 2.0},
+        "refiner": {"epochs": 1, "max_steps": 2, "width": 4, "disc_width": 4, "n_blocks": 1, "crop_size": [48, 32],
+                    "tensorboard": False, "progress": False, "device": "cpu"},
+        "detector": {"epochs": 1, "input_size": 64, "batch_size": 4, "num_anchors": 2, "augment": False,
+                     "tensorboard": False},
+    })
+    results = run_pipeline(config)
+    refined = Path(results["refined"]["C_CP"])
+    source = json.loads((synthetic / "coco.json").read_text())
+    made = json.loads((refined / "coco.json").read_text())
+    assert made["annotations"] == source["annotations"] and "sha256" in made["refined_by"]
+    changed_anywhere = False
+    for image in source["images"]:
+        before = np.asarray(Image.open(synthetic / image["file_name"]).convert("RGB")).astype(int)
+        after = np.asarray(Image.open(refined / image["file_name"]).convert("RGB")).astype(int)
+        people = np.zeros(before.shape[:2], bool)
+        for annotation in source["annotations"]:
+            if annotation["image_id"] == image["id"]:
+                people |= rle_decode(annotation["segmentation"])
+        assert (before[~people] == after[~people]).all()
+        changed_anywhere |= bool((before[people] != after[people]).any())
+    assert changed_anywhere
+    assert list(results["tables"]["4.4"]) == ["C_CP"]  # no skip connection: Table 4.4
+    assert (tmp_path / "exp" / "refiners" / "C_CP" / "refiner.pt").is_file()
+
+
 def test_repeats_are_reported_as_mean_and_std_with_their_seeds() -> None:
     runs = [Run("S", seed, epoch, p, r, f, f, 0.5, 10, "x") for seed, epoch, p, r, f in
             [(0, 3, 0.8, 0.6, 0.7), (1, 5, 1.0, 0.8, 0.9)]]

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from protocol.coco import rle_encode
 from protocol.fileio import atomic_write_bytes, atomic_write_json
 
 
@@ -42,11 +43,13 @@ def write_disc_dataset(folder: str | Path, images: int = 8, size: int = 128, hea
                     placed.append((float(cx), float(cy), r))
                     break
         level = int(style.disc_level * 255)
+        yy, xx = np.mgrid[0:size, 0:size] + 0.5
         for cx, cy, r in placed:
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(level, level, level))
+            mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r  # the "person" is its head here
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
                                 "head_point": [cx, cy], "head_bbox": [cx - r, cy - r, 2 * r, 2 * r],
-                                "bbox": [cx - r, cy - r, 2 * r, 2 * r]})
+                                "bbox": [cx - r, cy - r, 2 * r, 2 * r], "segmentation": rle_encode(mask)})
         name = f"images/{image_id:05d}.png"
         buffer = _png_bytes(canvas)
         atomic_write_bytes(folder / name, buffer)
