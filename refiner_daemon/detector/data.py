@@ -90,6 +90,8 @@ def load_rendered_coco(folder: Path) -> list[HeadSample]:
         if "head_bbox" not in annotation:
             raise DatasetError(f"{folder}/coco.json: annotation {annotation.get('id')} has no head_bbox; "
                                "render with head annotations enabled")
+        if annotation.get("head_in_view") is False:  # head outside the image circle: no box to find
+            continue
         x, y, w, h = (float(v) for v in annotation["head_bbox"])
         boxes_by_image.setdefault(annotation["image_id"], []).append([x, y, x + w, y + h])
     samples = []
