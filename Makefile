@@ -29,8 +29,8 @@ $(STAMP): pyproject.toml
 test: setup  ## run the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-demo: setup  ## run the main job on the bundled sample scene
-	$(PY) -m refiner_daemon.demo --out out/demo
+demo: setup  ## run the main job on the bundled sample scene (REAL=DIR: annotated real frames)
+	$(PY) -m refiner_daemon.demo --out out/demo $(if $(REAL),--real $(REAL))
 
 bench: setup  ## run the benchmarks; JSON goes to bench/results/
 	$(PY) -m bench
