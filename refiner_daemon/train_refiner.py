@@ -100,7 +100,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                        help="continue from <run-dir>/checkpoints/latest.pt")
     train.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     train.add_argument("--no-amp", dest="amp", action="store_false", default=None,
-                       help="CUDA: no bfloat16 mixed precision")
+                       help="no bfloat16 mixed precision (used on CUDA and on CPUs with native bf16)")
     train.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                        default=None, help="CUDA: keep NCHW memory layout")
     train.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None)
