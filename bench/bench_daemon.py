@@ -11,7 +11,9 @@ to a temporary model folder.
    per batch, no waiting). Reported as crops per second; the baseline is "without".
 3. Concurrency: a daemon process (``refiner-daemon serve``) and 1, 4 or 8 client threads,
    each sending 2-crop requests one after another for a fixed number of requests; with
-   batching on and off. Throughput and per-request latency (p50, p99); baseline: batching
+   batching on (waiting 5 ms for company, or not waiting: requests that queue while the model
+   is busy form the next batch) and off (one model call per request). Three rounds, the
+   settings' daemons running side by side and measured in turn; median throughput. Throughput and per-request latency (p50, p99); baseline: batching
    off at the same client count.
 4. Memory: a daemon process serving a tiny refiner answers 10,000 one-crop requests (16x16);
    its resident set size (``/proc/PID/status`` VmRSS) after the first 1,000 is the baseline
@@ -23,6 +25,11 @@ Run: ``python -m bench daemon``; JSON goes to ``bench/results/daemon.json``.
 from __future__ import annotations
 
 import os
+
+# The OpenMP wait policy `refiner-daemon serve` uses (refiner_daemon/cli.py), so the in-process
+# daemon thread of parts 1-2 is not starved by spinning workers. It takes effect only if torch
+# is not imported yet in this process (true for `python -m bench daemon`).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import statistics
 import subprocess
 import sys
@@ -30,7 +37,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +54,8 @@ from refiner_daemon.training import ModelSpec, export_refiner
 SIDE, CROPS, CLIENTS, CROPS_PER_CLIENT = 64, 16, 8, 2
 REPEATS = 9
 CLIENT_COUNTS = (1, 4, 8)
-REQUESTS_PER_CLIENT = {1: 60, 4: 30, 8: 20}  # about the same total work at each count
+REQUESTS_PER_CLIENT = {1: 40, 4: 20, 8: 15}  # about the same total work at each count
+CONCURRENCY_ROUNDS = 3
 MEMORY_REQUESTS, MEMORY_FIRST, MEMORY_SIDE, MEMORY_WINDOW = 10_000, 1_000, 16, 16
 
 
@@ -84,7 +92,7 @@ def daemon_process(models: Path, state: Path, *options: str) -> Iterator[tuple[s
     yields ``(endpoint, pid)`` and stops it (SIGTERM) afterwards."""
     argv = [sys.executable, "-m", "refiner_daemon.cli", "serve", "--bind", "tcp://127.0.0.1:*",
             "--models", str(models), "--state", str(state), "--device", "cpu", *options]
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    env = {"OMP_NUM_THREADS": "2", **os.environ}
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                text=True, env=env)
     try:
@@ -120,39 +128,65 @@ def _closed_loop_client(endpoint: str, crops: np.ndarray, requests: int,
             assert isinstance(reply, RefineReply), reply
 
 
+def _closed_loop_run(endpoint: str, crops: np.ndarray, clients: int, requests: int
+                     ) -> tuple[float, list[float]]:
+    """``clients`` threads, ``requests`` each: (wall seconds, every latency in seconds)."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    ready = threading.Barrier(clients + 1, timeout=300)
+    threads = [threading.Thread(target=_closed_loop_client,
+                                args=(endpoint, crops, requests, latencies[i], ready))
+               for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    ready.wait()  # all connected, and the model loaded by the first request
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    flat = [value for client in latencies for value in client]
+    if len(flat) != clients * requests:
+        raise RuntimeError(f"{clients} clients: {len(flat)} replies of {clients * requests}")
+    return seconds, flat
+
+
 def measure_concurrency(models: Path, state: Path, crops: np.ndarray) -> list[dict]:
-    """Throughput and latency with 1, 4, 8 closed-loop clients, batching on and off."""
+    """Throughput and latency with 1, 4, 8 closed-loop clients, batching on and off.
+
+    One daemon process per setting, all running at once; the cells are measured round-robin,
+    ``CONCURRENCY_ROUNDS`` times, so load from other processes hits every setting alike.
+    Throughput: median over the rounds; latency percentiles: over all rounds' requests.
+    """
     settings = {
         "batching on (wait 5 ms, <= 64 crops)": ("--batch-wait-ms", "5", "--batch-crops", "64"),
+        # No waiting: whatever queued while the model was busy forms the next batch.
+        "batching on (no wait, <= 64 crops)": ("--batch-wait-ms", "0", "--batch-crops", "64"),
         "batching off (one call per request)": ("--batch-wait-ms", "0", "--batch-crops",
                                                 str(crops.shape[0])),
     }
-    rows = []
-    for name, options in settings.items():
-        with daemon_process(models, state, "--max-queue", "64", *options) as (endpoint, _):
+    throughputs: dict[tuple[str, int], list[float]] = {}
+    latencies: dict[tuple[str, int], list[float]] = {}
+    with ExitStack() as stack:
+        endpoints = {name: stack.enter_context(daemon_process(
+            models, state / str(index), "--max-queue", "64", *options))[0]
+            for index, (name, options) in enumerate(settings.items())}
+        for _ in range(CONCURRENCY_ROUNDS):
             for clients in CLIENT_COUNTS:
-                requests = REQUESTS_PER_CLIENT[clients]
-                latencies: list[list[float]] = [[] for _ in range(clients)]
-                ready = threading.Barrier(clients + 1, timeout=300)
-                threads = [threading.Thread(target=_closed_loop_client,
-                                            args=(endpoint, crops, requests, latencies[i], ready))
-                           for i in range(clients)]
-                for thread in threads:
-                    thread.start()
-                ready.wait()  # all connected, and the model loaded by the first request
-                started = time.perf_counter()
-                for thread in threads:
-                    thread.join()
-                seconds = time.perf_counter() - started
-                flat = np.array([value for client in latencies for value in client]) * 1e3
-                if flat.size != clients * requests:
-                    raise RuntimeError(f"{name}, {clients} clients: {flat.size} replies of "
-                                       f"{clients * requests}")
-                rows.append({"server": name, "clients": clients, "requests": int(flat.size),
-                             "crops_per_request": int(crops.shape[0]),
-                             "crops_per_s": flat.size * crops.shape[0] / seconds,
-                             "p50_ms": float(np.percentile(flat, 50)),
-                             "p99_ms": float(np.percentile(flat, 99))})
+                for name, endpoint in endpoints.items():
+                    requests = REQUESTS_PER_CLIENT[clients]
+                    seconds, flat = _closed_loop_run(endpoint, crops, clients, requests)
+                    throughputs.setdefault((name, clients), []).append(
+                        len(flat) * crops.shape[0] / seconds)
+                    latencies.setdefault((name, clients), []).extend(flat)
+    rows = []
+    for (name, clients), values in throughputs.items():
+        flat_ms = np.array(latencies[(name, clients)]) * 1e3
+        rows.append({"server": name, "clients": clients, "requests": int(flat_ms.size),
+                     "crops_per_request": int(crops.shape[0]),
+                     "crops_per_s": float(statistics.median(values)),
+                     "crops_per_s_rounds": [round(v, 1) for v in values],
+                     "p50_ms": float(np.percentile(flat_ms, 50)),
+                     "p99_ms": float(np.percentile(flat_ms, 99))})
+    rows.sort(key=lambda row: (list(settings).index(row["server"]), row["clients"]))
     for row in rows:  # baseline: batching off, same number of clients
         off = next(r for r in rows if r["clients"] == row["clients"] and "off" in r["server"])
         row["throughput_vs_batching_off"] = row["crops_per_s"] / off["crops_per_s"]
@@ -268,7 +302,7 @@ def main() -> None:
         ["batched / unbatched throughput", batching_ratio],
     ])
     print_table(f"closed-loop clients, {CROPS_PER_CLIENT} crops of {SIDE}x{SIDE} per request, "
-                "daemon process", ["server", "clients", "requests", "crops/s", "p50 ms",
+                f"daemon process, median of {CONCURRENCY_ROUNDS} rounds", ["server", "clients", "requests", "crops/s", "p50 ms",
                                    "p99 ms", "vs off"],
                 [[r["server"], r["clients"], r["requests"], r["crops_per_s"], r["p50_ms"],
                   r["p99_ms"], r["throughput_vs_batching_off"]] for r in concurrency])
@@ -278,7 +312,8 @@ def main() -> None:
     write_result("daemon", {
         "workload": {"crop_side": SIDE, "crops_per_request": CROPS, "clients": CLIENTS,
                      "crops_per_client": CROPS_PER_CLIENT, "model": "cyclegan width 16, 3 blocks",
-                     "device": "cpu", "torch_threads": 2, "repeats": REPEATS},
+                     "device": "cpu", "torch_threads": 2, "repeats": REPEATS,
+                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "")},
         "in_process_ms": in_process * 1e3,
         "via_daemon_ms": via_daemon * 1e3,
         "ratio_daemon_to_in_process": overhead_ratio,
