@@ -15,6 +15,9 @@ from typing import Any
 
 from refiner_daemon.presets import PRESETS
 
+DESCRIPTION = ("Train a CycleGAN or AGGAN refiner (synthetic -> real) on two unpaired crop "
+               "folders, with the loss presets of the thesis' Table 3.2.")
+
 EPILOG = """\
 examples:
   # print the validated config and exit
@@ -114,7 +117,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 def add_train_parser(subparsers: Any, name: str = "train-refiner") -> argparse.ArgumentParser:
     """Mount the training command as ``name`` on another CLI's subparsers."""
     parser = subparsers.add_parser(name, help="train a CycleGAN/AGGAN refiner on crop folders",
-                                   description=__doc__)
+                                   description=DESCRIPTION)
     return configure_parser(parser)
 
 
@@ -153,7 +156,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = configure_parser(argparse.ArgumentParser(
-        prog="python -m refiner_daemon.train_refiner", description=__doc__))
+        prog="python -m refiner_daemon.train_refiner", description=DESCRIPTION))
     return run_from_args(parser.parse_args(argv))
 
 

@@ -653,9 +653,10 @@ def train_refiner(cfg: RefinerConfig, *, on_progress: Callable[[dict[str, Any]],
                 step += 1
                 bar.update(1)
                 if not all(math.isfinite(v) for v in losses.values()):
-                    save(step)
+                    # No checkpoint now: the weights may already hold NaNs; the last one is good.
                     raise FloatingPointError(f"non-finite loss at step {step}: {losses}; lower lr "
-                                             "or disable amp, then --resume")
+                                             "or disable amp, then --resume from the last "
+                                             "checkpoint")
                 if writer is not None and (step % cfg.log_every == 0 or step == 1):
                     for name, value in losses.items():
                         writer.add_scalar(f"loss/{name}", value, step)
