@@ -7,6 +7,8 @@ model, an unreachable daemon or a folder that is not a dataset."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -210,3 +212,41 @@ def test_a_refiner_that_returns_the_wrong_shape_is_refused(dataset: Path) -> Non
     unchanged, people, skipped = refine_frame(pixels, load_rendered_coco(dataset)[2],
                                               lambda crops: 1 / 0, BatchRefineConfig(crop_size=CROP))
     assert people == 0 and skipped == [] and unchanged is pixels  # no people: no refiner call
+
+
+def test_the_demo_command_lines_work_against_a_daemon_process(daemon: DaemonServer,
+                                                              dataset: Path,
+                                                              tmp_path: Path) -> None:
+    """``serve``, ``status --timeout-ms 1000`` and ``refine`` as processes, spelled exactly as
+    ``refiner_daemon.demo`` runs them; status fails once the daemon is gone."""
+    models = Path(daemon.service.config.models_dir)
+    python = [sys.executable, "-m", "refiner_daemon.cli"]
+    process = subprocess.Popen(
+        [*python, "serve", "--bind", "tcp://127.0.0.1:*", "--models", str(models), "--state",
+         str(tmp_path / "state"), "--allow-root", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        banner = process.stdout.readline()
+        assert banner.startswith("refiner daemon on "), banner
+        endpoint = banner.split()[3].rstrip(";")
+        status = subprocess.run([*python, "status", "--endpoint", endpoint, "--timeout-ms",
+                                 "1000"], check=False, capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0 and "['tiny']" in status.stdout, status.stderr
+        out = tmp_path / "refined"
+        refine = subprocess.run([*python, "refine", str(dataset), str(out), "--model", "tiny",
+                                 "--endpoint", endpoint, "--size", str(CROP)],
+                                check=False, capture_output=True, text=True, timeout=120)
+        assert refine.returncode == 0, refine.stderr
+        assert "refined 3 frames (5 people)" in refine.stdout
+        assert (out / "coco.json").read_bytes() == (dataset / "coco.json").read_bytes()
+        process.terminate()
+        assert process.wait(30) == 0
+        gone = subprocess.run([*python, "status", "--endpoint", endpoint, "--timeout-ms",
+                               "300", "--retries", "0"], check=False, capture_output=True, text=True,
+                              timeout=60)
+        assert gone.returncode != 0 and "no reply" in gone.stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
