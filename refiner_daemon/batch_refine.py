@@ -13,7 +13,9 @@
 - ``refiner.json`` records what refined the images (model, sha256, config, daemon version,
   endpoint, crop size, date), ``refine_report.json`` what was done (frames, people, skips).
 
-``refine_fn`` maps uint8 crops (N, H, W, 3) to refined crops of the same shape: the CLI passes
+While ``refine_fn`` works on one frame, worker threads cut the next frame and encode and
+write the previous one. ``refine_fn`` maps uint8 crops (N, H, W, 3) to refined crops of the
+same shape: the CLI passes
 one that talks to a daemon (``protocol.transport.Client.refine``); tests and scripts can pass
 ``lambda crops: service.refine(model, crops).images`` to run in-process.
 
@@ -30,6 +32,7 @@ import io
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,10 +189,23 @@ def _relative_output(in_dir: Path, out_dir: Path, path: Path) -> Path:
                                "images inside its folder") from None
 
 
-def refine_frame(pixels: np.ndarray, image: ImageAnnotations, refine_fn: RefineFn,
-                 config: BatchRefineConfig) -> tuple[np.ndarray, int, list[dict[str, Any]]]:
-    """Refine every person of one frame: returns the new pixels, how many people were
-    refined, and the people skipped with their reasons."""
+@dataclass
+class _PreparedFrame:
+    """One frame read and cut: what the refiner needs and what reinsertion needs after it."""
+
+    image: ImageAnnotations
+    pixels: np.ndarray
+    alpha: np.ndarray | None
+    crops: list[np.ndarray]
+    records: list[CropRecord]
+    masks: list[np.ndarray]
+    skipped: list[dict[str, Any]]
+
+
+def _cut_people(pixels: np.ndarray, image: ImageAnnotations, config: BatchRefineConfig
+                ) -> tuple[list[np.ndarray], list[CropRecord], list[np.ndarray],
+                           list[dict[str, Any]]]:
+    """Every person's upright crop fitted to their mask, with the people that cannot be cut."""
     crops: list[np.ndarray] = []
     records: list[CropRecord] = []
     masks: list[np.ndarray] = []
@@ -212,16 +228,38 @@ def refine_frame(pixels: np.ndarray, image: ImageAnnotations, refine_fn: RefineF
         crops.append(crop)
         records.append(record)
         masks.append(mask)
-    if not crops:
-        return pixels, 0, skipped
+    return crops, records, masks, skipped
+
+
+def _refine_crops(crops: list[np.ndarray], refine_fn: RefineFn) -> np.ndarray:
     batch = np.stack(crops)
     refined = np.asarray(refine_fn(batch))
     if refined.shape != batch.shape or refined.dtype != np.uint8:
         raise BatchRefineError(f"the refiner returned {refined.dtype} {refined.shape} for "
                                f"crops {batch.shape}; it must return uint8 crops of the input "
                                "shape")
+    return refined
+
+
+def refine_frame(pixels: np.ndarray, image: ImageAnnotations, refine_fn: RefineFn,
+                 config: BatchRefineConfig) -> tuple[np.ndarray, int, list[dict[str, Any]]]:
+    """Refine every person of one frame: returns the new pixels, how many people were
+    refined, and the people skipped with their reasons."""
+    crops, records, masks, skipped = _cut_people(pixels, image, config)
+    if not crops:
+        return pixels, 0, skipped
+    refined = _refine_crops(crops, refine_fn)
     out = reinsert(pixels, list(refined), records, masks, feather_px=config.feather_px)
     return out, len(crops), skipped
+
+
+def _prepare(image: ImageAnnotations, config: BatchRefineConfig) -> _PreparedFrame:
+    pixels, alpha, _ = _read_rgb(image.path)
+    if pixels.shape[:2] != (image.height, image.width):
+        raise BatchRefineError(
+            f"{image.path} is {pixels.shape[1]}x{pixels.shape[0]}, but coco.json says "
+            f"{image.width}x{image.height}; the dataset is inconsistent")
+    return _PreparedFrame(image, pixels, alpha, *_cut_people(pixels, image, config))
 
 
 def refine_dataset(in_dir: str | Path, out_dir: str | Path, refine_fn: RefineFn,
@@ -248,29 +286,53 @@ def refine_dataset(in_dir: str | Path, out_dir: str | Path, refine_fn: RefineFn,
     mask_files = {str(entry.get("id")): entry.get("mask_file") for entry in coco["images"]}
     summary = RefineSummary(frames_total=len(images))
     started = time.perf_counter()
-    for image in tqdm(images, desc="refine", unit="frame", disable=not progress):
-        target = _relative_output(in_dir, out_dir, image.path)
-        if target.exists():
-            summary.frames_skipped_done += 1
-        else:
-            pixels, alpha, _ = _read_rgb(image.path)
-            if pixels.shape[:2] != (image.height, image.width):
-                raise BatchRefineError(
-                    f"{image.path} is {pixels.shape[1]}x{pixels.shape[0]}, but coco.json says "
-                    f"{image.width}x{image.height}; the dataset is inconsistent")
-            refined, people, skipped = refine_frame(pixels, image, refine_fn, config)
-            atomic_write_bytes(target, _png_bytes(refined, alpha))
-            summary.frames_refined += 1
-            summary.people_refined += people
-            summary.people_skipped.extend(skipped)
-        # The frame's annotations follow its image; the frame JSON comes last, as the
-        # renderer writes it, so its presence still means "this frame is complete".
+
+    def finish_frame(image: ImageAnnotations, encoded: bytes | None) -> None:
+        """Write the refined image, then the frame's annotations; the frame JSON comes last,
+        as the renderer writes it, so its presence still means "this frame is complete"."""
+        if encoded is not None:
+            atomic_write_bytes(_relative_output(in_dir, out_dir, image.path), encoded)
         mask_file = mask_files.get(image.image_id)
         if mask_file and (in_dir / mask_file).is_file():
             _copy_file(in_dir / mask_file, out_dir / mask_file)
         frame_json = in_dir / "frames" / f"{image.path.stem}.json"
         if frame_json.is_file():
             _copy_file(frame_json, out_dir / "frames" / frame_json.name)
+
+    todo = []
+    for image in images:
+        if _relative_output(in_dir, out_dir, image.path).exists():
+            summary.frames_skipped_done += 1
+            finish_frame(image, None)
+        else:
+            todo.append(image)
+    # A three-stage pipeline: while the refiner works on frame k, a worker reads and cuts
+    # frame k+1 and another encodes and writes frame k-1 (PNG encoding costs more than
+    # cutting on a 1024x1024 frame). numpy, zlib and the socket release the GIL there.
+    with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as writer:
+        next_frame: Future[_PreparedFrame] | None = (
+            reader.submit(_prepare, todo[0], config) if todo else None)
+        writing: Future[None] | None = None
+        for index in tqdm(range(len(todo)), desc="refine", unit="frame", disable=not progress):
+            assert next_frame is not None
+            frame = next_frame.result()
+            next_frame = (reader.submit(_prepare, todo[index + 1], config)
+                          if index + 1 < len(todo) else None)
+            pixels = frame.pixels
+            if frame.crops:
+                refined = _refine_crops(frame.crops, refine_fn)
+                pixels = reinsert(pixels, list(refined), frame.records, frame.masks,
+                                  feather_px=config.feather_px)
+            if writing is not None:
+                writing.result()  # at most one frame waits to be written; errors surface here
+            writing = writer.submit(
+                lambda image, rgb, alpha: finish_frame(image, _png_bytes(rgb, alpha)),
+                frame.image, pixels, frame.alpha)
+            summary.frames_refined += 1
+            summary.people_refined += len(frame.crops)
+            summary.people_skipped.extend(frame.skipped)
+        if writing is not None:
+            writing.result()
     for name in DATASET_FILES:
         if (in_dir / name).is_file():
             _copy_file(in_dir / name, out_dir / name)
