@@ -87,6 +87,7 @@ class PipelineConfig:
     experiments: list[str] = field(default_factory=lambda: ["S", "R_train", "refined", "R_train+S",
                                                             "R_train+refined", "mix"])
     detector: dict[str, Any] = field(default_factory=dict)  # DetectorConfig fields
+    distance_table: bool = False  # Table 4.1: FD / KID of cropped S+ to cropped S and R_train
     seed: int = 0
     repeats: int = 1
 
@@ -117,8 +118,8 @@ class PipelineConfig:
 
     @property
     def needs_synthetic(self) -> bool:
-        """S is needed to train on it or to make a refined set from it."""
-        return bool({"S", "R_train+S"} & set(self.experiments)) or any(
+        """S is needed to train on it, to make a refined set from it, or for Table 4.1."""
+        return bool({"S", "R_train+S"} & set(self.experiments)) or self.distance_table or any(
             r.path is None for r in self.refined.values())
 
     @classmethod
@@ -406,15 +407,55 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                                             [r_val], [r_test], cfg, out, seed) for seed in seeds]
             tables.setdefault("4.6", []).append(row)
 
+    distances = (distance_table(synthetic, real, frames["train"], refined_paths, out, cfg)
+                 if cfg.distance_table and synthetic is not None else None)
+
     results = {"seeds": seeds, "real_split": frames, "synthetic": str(synthetic) if synthetic else None,
                "refined": {k: str(v) for k, v in refined_paths.items()}, "mix_refined": mix_name,
                "tables": {t: {row: summarise(runs[row]) for row in rows} for t, rows in tables.items()},
-               "runs": {name: [asdict(r) for r in rs] for name, rs in runs.items()}}
+               "runs": {name: [asdict(r) for r in rs] for name, rs in runs.items()},
+               "table_4_1": distances}
     atomic_write_json(out / "results.json", results)
     atomic_write_text(out / "tables.md", render_tables(results))
     if "4.6" in tables:
         plot_mix(results, out / "f1_vs_mix_ratio.png", cfg.mix_ratios)
     return results
+
+
+def distance_table(synthetic: Path, real: Path, train_frames: list[str], refined_paths: dict[str, Path],
+                   out: Path, cfg: PipelineConfig) -> dict[str, Any]:
+    """Table 4.1: Fréchet distance and KID from each cropped set to cropped S and cropped
+    R_train, on MobileNetV2 deep features (InceptionV3 weights are not obtainable here, so this
+    is "FD (MobileNetV2)", not FID). Crops are cut with the same settings as for the refiners."""
+    from refiner_daemon.features import (
+        MobileNetFeatures,
+        list_images,
+        pooled_features,
+        resolve_device,
+    )
+    from refiner_daemon.metrics import frechet_distance, kernel_inception_distance
+
+    sources = {"S": (synthetic, None), "R_train": (real, train_frames),
+               **{name: (path, None) for name, path in refined_paths.items()}}
+    extractor = MobileNetFeatures()
+    device = resolve_device("auto")
+    features = {}
+    for name, (folder, frames) in sources.items():
+        crop_folder = out / "crops" / slug(name)
+        if not (crop_folder / "records.json").exists():
+            stage_crop(folder, crop_folder, frames, cfg.crops)
+        paths = list_images(crop_folder / "crops")
+        features[name] = pooled_features(extractor, paths, 224, ("deep",), device=device, desc=f"crops {name}")["deep"]
+    table: dict[str, Any] = {"feature_space": "MobileNetV2 deep layer (FD, not FID)", "rows": {}}
+    for name, values in features.items():
+        row = {"crops": len(values)}
+        for target in ("S", "R_train"):
+            kid, kid_std = kernel_inception_distance(values, features[target], subsets=10, seed=cfg.seed)
+            row[f"fd_to_{target}"] = frechet_distance(values, features[target])
+            row[f"kid_to_{target}"] = kid
+            row[f"kid_std_to_{target}"] = kid_std
+        table["rows"][name] = row
+    return table
 
 
 def _best_on_validation(refined_paths: dict[str, Path], runs: dict[str, list[Run]], cfg: PipelineConfig,
@@ -462,6 +503,15 @@ def render_tables(results: dict[str, Any]) -> str:
     lines = ["# Detector results (thesis Algorithm 3)", "",
              (f"Seeds: {results['seeds']}. Checkpoints chosen by F1 on R_val; numbers are on R_test "
               "(mean ± std over seeds when repeated). Epoch: the selected checkpoint's epoch per seed."), ""]
+    if results.get("table_4_1"):
+        table = results["table_4_1"]
+        lines += [f"## Table 4.1: distances between cropped sets ({table['feature_space']})", "",
+                  "| cropped set | crops | FD to cS | FD to cR_train | KID to cS | KID to cR_train |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for name, row in table["rows"].items():
+            lines.append(f"| c{name} | {row['crops']} | {row['fd_to_S']:.2f} | {row['fd_to_R_train']:.2f} "
+                         f"| {row['kid_to_S']:.4f} | {row['kid_to_R_train']:.4f} |")
+        lines.append("")
     for table in sorted(results["tables"]):
         lines += [f"## {TABLE_TITLES[table]}", "",
                   "| training set | epoch | precision | recall | F1 | train images | seeds |",

@@ -133,7 +133,7 @@ def test_stages_2_to_4_make_a_refined_set_and_feed_the_tables(tmp_path: Path) ->
     synthetic = write_disc_dataset(tmp_path / "S", images=3, size=64, radius=(6, 8), seed=1)
     config = PipelineConfig.from_dict({
         "out_dir": str(tmp_path / "exp"), "real": str(real), "synthetic": str(synthetic),
-        "refined": {"C_CP": {"preset": "C_CP"}}, "experiments": ["refined"],
+        "refined": {"C_CP": {"preset": "C_CP"}}, "experiments": ["refined"], "distance_table": True,
         "crops": {"size": [48, 32], "fit_margin_px": 2.0},
         "refiner": {"epochs": 1, "max_steps": 2, "width": 4, "disc_width": 4, "n_blocks": 1, "crop_size": [48, 32],
                     "tensorboard": False, "progress": False, "device": "cpu"},
@@ -158,6 +158,12 @@ def test_stages_2_to_4_make_a_refined_set_and_feed_the_tables(tmp_path: Path) ->
     assert changed_anywhere
     assert list(results["tables"]["4.4"]) == ["C_CP"]  # no skip connection: Table 4.4
     assert (tmp_path / "exp" / "refiners" / "C_CP" / "refiner.pt").is_file()
+    distances = results["table_4_1"]["rows"]  # Table 4.1 on the crops
+    assert set(distances) == {"S", "R_train", "C_CP"}
+    assert distances["S"]["fd_to_S"] == pytest.approx(0.0, abs=1e-6)
+    assert distances["R_train"]["fd_to_R_train"] == pytest.approx(0.0, abs=1e-6)
+    assert distances["S"]["fd_to_R_train"] > 0.0
+    assert "Table 4.1" in (tmp_path / "exp" / "tables.md").read_text()
 
 
 def test_repeats_are_reported_as_mean_and_std_with_their_seeds() -> None:
