@@ -41,19 +41,24 @@ TRAIN_CROP, TRAIN_BATCH, TRAIN_STEPS, TRAIN_REPEATS = 128, 1, 1, 3
 INFER_CROPS, INFER_REPEATS = 16, 3
 
 
-def _best_of(functions: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Best wall time of each function, repetitions interleaved so load hits all alike."""
+def _best_of(functions: dict[str, Callable[[], Any]], repeats: int
+             ) -> tuple[dict[str, float], dict[str, float]]:
+    """Best wall time and best process CPU time of each function, repetitions interleaved so
+    load from other processes hits all alike. CPU time is less disturbed by other processes
+    taking the cores; it is reported beside the wall time."""
     for fn in functions.values():
         fn()  # warm-up: allocator, oneDNN kernel selection
-    best = {name: float("inf") for name in functions}
+    wall = {name: float("inf") for name in functions}
+    cpu = dict(wall)
     for _ in range(repeats):
         for name, fn in functions.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+            wall[name] = min(wall[name], time.perf_counter() - start)
+            cpu[name] = min(cpu[name], time.process_time() - start_cpu)
+    return wall, cpu
 
 
 class PlainCycleGANStep:
@@ -115,14 +120,17 @@ def bench_training(device: torch.device) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
     names = {"baseline": "plain fp32 eager step", True: "RefinerTrainer (amp=True)",
              False: "RefinerTrainer (amp=False)"}
-    best = _best_of({names["baseline"]: run_baseline, names[True]: lambda: run_trainer(True),
-                     names[False]: lambda: run_trainer(False)}, TRAIN_REPEATS)
-    per_step = {name: t / TRAIN_STEPS for name, t in best.items()}
-    base = per_step[names["baseline"]]
+    wall, cpu = _best_of({names["baseline"]: run_baseline, names[True]: lambda: run_trainer(True),
+                          names[False]: lambda: run_trainer(False)}, TRAIN_REPEATS)
+    per_step = {name: t / TRAIN_STEPS for name, t in wall.items()}
+    cpu_per_step = {name: t / TRAIN_STEPS for name, t in cpu.items()}
+    base, base_cpu = per_step[names["baseline"]], cpu_per_step[names["baseline"]]
     out: dict[str, Any] = {
         "baseline": "plain fp32 eager CycleGAN step (same networks, batch, crop)",
         "s_per_step": per_step,
         "speedup": {name: base / t for name, t in per_step.items()},
+        "cpu_s_per_step": cpu_per_step,
+        "cpu_time_speedup": {name: base_cpu / t for name, t in cpu_per_step.items()},
         "amp_used": trainers[True].amp, "amp_kind": "bfloat16 autocast" if trainers[True].amp
         else "none (no native bf16 here)",
         "channels_last": trainers[True].memory_format == torch.channels_last,
@@ -172,9 +180,10 @@ def bench_inference(device: torch.device) -> dict[str, Any]:
         forced = Refiner(spec, generator.state_dict(), None, fp32.config, fp32.sha256,
                          device=str(device), precision=reduced)
         functions[f"Refiner {reduced} batched"] = lambda: forced.refine(crops)
-    best = _best_of(functions, INFER_REPEATS)
-    rates = {name: INFER_CROPS / t for name, t in best.items()}
-    base = rates["batch-1 fp32 eager loop"]
+    wall, cpu = _best_of(functions, INFER_REPEATS)
+    rates = {name: INFER_CROPS / t for name, t in wall.items()}
+    cpu_rates = {name: INFER_CROPS / t for name, t in cpu.items()}
+    base, base_cpu = rates["batch-1 fp32 eager loop"], cpu_rates["batch-1 fp32 eager loop"]
     quality = None
     if forced is not None:
         diff = np.abs(forced.refine(crops).images.astype(int) - fp32.refine(crops).images)
@@ -183,29 +192,46 @@ def bench_inference(device: torch.device) -> dict[str, Any]:
                    "max_abs_diff_u8": int(diff.max())}
     return {"baseline": "batch-1 fp32 eager loop under torch.no_grad",
             "crops_per_s": rates, "speedup": {k: v / base for k, v in rates.items()},
+            "crops_per_cpu_s": cpu_rates,
+            "cpu_time_speedup": {k: v / base_cpu for k, v in cpu_rates.items()},
             "reduced_precision_vs_fp32": quality,
             "auto_precision_decision": auto.precision_check,
             "note": "random-weight generator: the bf16 difference of a trained one will differ"}
 
 
+def _load_average() -> list[float] | None:
+    """The 1/5/15-minute load averages: other processes on the machine skew wall times."""
+    try:
+        import os
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
 def main() -> None:
     torch.set_num_threads(torch.get_num_threads())  # the default: all cores
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    setup = {"device": str(device), "threads": torch.get_num_threads(), "width": WIDTH,
+    setup = {"device": str(device), "load_average_at_start": _load_average(), "threads": torch.get_num_threads(), "width": WIDTH,
              "n_blocks": N_BLOCKS, "disc_width": DISC_WIDTH, "crop": CROP,
              "train_crop": TRAIN_CROP, "train_batch": TRAIN_BATCH, "inference_crops": INFER_CROPS}
     training = bench_training(device)
     print_table(f"refiner training step (C_CP, width 32, {TRAIN_CROP}x{TRAIN_CROP}, batch 1)",
-                ["implementation", "s/step", "speedup"],
-                [[name, t, training["speedup"][name]] for name, t in training["s_per_step"].items()])
+                ["implementation", "s/step", "speedup", "cpu s/step", "cpu-time speedup"],
+                [[name, t, training["speedup"][name], training["cpu_s_per_step"][name],
+                  training["cpu_time_speedup"][name]]
+                 for name, t in training["s_per_step"].items()])
     inference = bench_inference(device)
     print_table(f"refiner inference ({INFER_CROPS} crops 128x128, width 32)",
-                ["implementation", "crops/s", "speedup"],
-                [[name, rate, inference["speedup"][name]]
+                ["implementation", "crops/s", "speedup", "crops/cpu-s", "cpu-time speedup"],
+                [[name, rate, inference["speedup"][name], inference["crops_per_cpu_s"][name],
+                  inference["cpu_time_speedup"][name]]
                  for name, rate in inference["crops_per_s"].items()])
     if inference["reduced_precision_vs_fp32"]:
         print(f"reduced precision vs fp32 (uint8 levels): {inference['reduced_precision_vs_fp32']}")
     print(f"Refiner precision='auto' decided: {inference['auto_precision_decision']}")
+    setup["load_average_at_end"] = _load_average()
+    print(f"load average (1/5/15 min) at start {setup['load_average_at_start']}, "
+          f"at end {setup['load_average_at_end']}")
     write_result("refiner", {"setup": setup, "training": training, "inference": inference})
 
 
