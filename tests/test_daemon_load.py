@@ -372,3 +372,40 @@ def test_curve_daemon_serves_listed_keys_only_and_network_binds_need_keys(
         thread.join(5)
         server.close()
         service.close()
+
+
+def test_bit_flipped_messages_each_get_exactly_one_reply(tmp_path: Path, running) -> None:
+    """Near-valid input: valid messages with a few random bits flipped. Some still decode (a
+    flipped pixel is still a crop) and get a normal reply; the rest get an error; never two
+    replies, never none, never "internal"."""
+    server = running(_service(tmp_path), max_queue=256)
+    rng = np.random.default_rng(1)
+    crops = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    originals = [encode(message, limits=SMALL_LIMITS) for message in (
+        RefineRequest(model="a", crops=crops, meta=({"k": 1}, {"k": 2})),
+        Handshake(client="fuzz"), JobQuery(job_id="nope"), JobSubscribe(job_id="x", after_seq=3))]
+    messages = []
+    for index in range(3000):
+        frames = [bytearray(bytes(frame)) for frame in originals[index % len(originals)]]
+        for _ in range(int(rng.integers(1, 4))):
+            frame = frames[int(rng.integers(0, len(frames)))]
+            position = int(rng.integers(0, len(frame)))
+            frame[position] ^= 1 << int(rng.integers(0, 8))
+        messages.append([bytes(frame) for frame in frames])
+    socket = _dealer(server.endpoint)
+    replies: list[Message] = []
+    sent = 0
+    try:
+        while len(replies) < len(messages):
+            while sent < len(messages) and sent - len(replies) < 100:
+                socket.send_multipart(messages[sent])
+                sent += 1
+            assert socket.poll(10_000), f"no reply after {len(replies)} of {sent} sent"
+            replies.append(_decode_reply(socket.recv_multipart()))
+        assert not socket.poll(300), "more replies than messages"
+    finally:
+        socket.close(linger=0)
+    kinds = collections.Counter(type(reply).__name__ for reply in replies)
+    codes = collections.Counter(r.code for r in replies if isinstance(r, ErrorReply))
+    assert "internal" not in codes, codes
+    assert kinds["ErrorReply"] > 0 and kinds["RefineReply"] + kinds["HandshakeReply"] > 0, kinds

@@ -250,3 +250,33 @@ def test_the_demo_command_lines_work_against_a_daemon_process(daemon: DaemonServ
             process.kill()
             process.wait()
         process.stdout.close()
+
+
+def test_a_failure_mid_run_leaves_complete_frames_and_the_rerun_finishes(
+        daemon: DaemonServer, dataset: Path, tmp_path: Path) -> None:
+    service = daemon.service
+    identity = RefinerIdentity("tiny", service.load_model("tiny").sha256, endpoint="in-process")
+    config = BatchRefineConfig(crop_size=CROP)
+    calls: list[int] = []
+
+    def fails_on_the_second_frame(crops: np.ndarray) -> np.ndarray:
+        calls.append(len(crops))
+        if len(calls) == 2:
+            raise ConnectionError("the daemon went away")
+        return service.refine("tiny", crops).images
+
+    out = tmp_path / "out"
+    with pytest.raises(ConnectionError):
+        refine_dataset(dataset, out, fails_on_the_second_frame, identity, config, progress=False)
+    assert (out / "images" / "000000.png").exists() and (out / "frames" / "000000.json").exists()
+    assert not (out / "images" / "000001.png").exists() and not (out / "coco.json").exists()
+    summary = refine_dataset(dataset, out, lambda crops: service.refine("tiny", crops).images,
+                             identity, config, progress=False)
+    assert summary.frames_skipped_done == 1 and summary.frames_refined == 2
+    complete = tmp_path / "complete"
+    refine_dataset(dataset, complete, lambda crops: service.refine("tiny", crops).images,
+                   identity, config, progress=False)
+    for stem in ("000000", "000001", "000002"):
+        np.testing.assert_array_equal(_pixels(out / "images" / f"{stem}.png"),
+                                      _pixels(complete / "images" / f"{stem}.png"))
+    assert (out / "coco.json").read_bytes() == (dataset / "coco.json").read_bytes()
