@@ -112,6 +112,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                        device=args.device, allowed_roots=tuple(args.allow_root),
                                        max_loaded_models=args.max_loaded_models)
         server_config = ServerConfig(bind=args.bind, max_queue=args.max_queue,
+                                     max_queued_bytes=int(args.max_queued_mib * 1024 * 1024),
                                      batch_max_crops=args.batch_crops,
                                      batch_wait_ms=args.batch_wait_ms)
     except ValueError as exc:
@@ -292,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-loaded-models", type=int, default=4)
     serve.add_argument("--max-queue", type=int, default=32,
                        help="queued refine requests before clients are told to retry")
+    serve.add_argument("--max-queued-mib", type=float, default=1024,
+                       help="MiB of queued crops before clients are told to retry "
+                            "(default %(default)s)")
     serve.add_argument("--batch-crops", type=int, default=64, help="most crops per model call")
     serve.add_argument("--batch-wait-ms", type=float, default=5.0,
                        help="how long a request may wait for others to share its batch")

@@ -4,8 +4,10 @@ Everything it does goes through ``protocol.transport.Server`` (which answers und
 messages itself) and ``RefinerService`` (which does the work). What the loop adds:
 
 - a handshake that reports versions and capabilities;
-- a bounded queue of refine requests: beyond ``max_queue`` a request is answered at once with
-  an ``ErrorReply`` of code ``busy`` and a ``retry_after_ms`` estimate;
+- a bounded queue of refine requests: beyond ``max_queue`` requests, or ``max_queued_bytes``
+  of crops (so a few clients sending the largest allowed requests cannot make the daemon hold
+  gigabytes), a request is answered at once with an ``ErrorReply`` of code ``busy`` and a
+  ``retry_after_ms`` estimate;
 - batching: queued requests for the same model and crop size, from any clients, are refined in
   one call of up to ``batch_max_crops`` crops, once the batch is full or its oldest request has
   waited ``batch_wait_ms``. The model runs in an inference thread, one batch at a time, so the
@@ -68,19 +70,22 @@ class ServerConfig:
     """How the daemon listens and batches.
 
     bind: endpoint (loopback by default; others need CURVE keys). max_queue: refine requests
-    waiting before new ones get "busy". batch_max_crops / batch_wait_ms: the batching bounds.
+    waiting before new ones get "busy". max_queued_bytes: crop bytes waiting before new
+    requests get "busy" (a request is always taken into an empty queue, so any request within
+    the protocol limits can be served). batch_max_crops / batch_wait_ms: the batching bounds.
     poll_ms: how long an idle loop waits for a message (also the job-event push latency).
     """
 
     bind: str = DEFAULT_ENDPOINT
     max_queue: int = 32
+    max_queued_bytes: int = 1024 * 1024 * 1024
     batch_max_crops: int = 64
     batch_wait_ms: float = 5.0
     poll_ms: int = 50
     allow_insecure_remote: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("max_queue", "batch_max_crops", "poll_ms"):
+        for name in ("max_queue", "max_queued_bytes", "batch_max_crops", "poll_ms"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"ServerConfig.{name} must be an int >= 1, got {value!r}")
@@ -89,6 +94,10 @@ class ServerConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _request_bytes(request: RefineRequest) -> int:
+    return request.crops.nbytes + (0 if request.masks is None else request.masks.nbytes)
 
 
 @dataclass
@@ -132,6 +141,7 @@ class DaemonServer:
                                 allow_insecure_remote=self.config.allow_insecure_remote)
         self.endpoint = self.transport.endpoint
         self._queue: collections.deque[_Queued] = collections.deque()
+        self._queued_bytes = 0  # crop and mask bytes of the queued (not in-flight) requests
         self._subscriptions: dict[str, _Subscription] = {}
         self._seconds_per_crop = 0.01  # running estimate, for retry_after_ms
         self.stats: collections.Counter[str] = collections.Counter()
@@ -228,17 +238,23 @@ class DaemonServer:
 
     # ---- refine queue and batching
     def _enqueue(self, peer: bytes, request: RefineRequest) -> Message | None:
+        size = _request_bytes(request)
+        full = None
         if len(self._queue) >= self.config.max_queue:
+            full = f"{len(self._queue)} refine requests are queued (limit {self.config.max_queue})"
+        elif self._queue and self._queued_bytes + size > self.config.max_queued_bytes:
+            full = (f"{self._queued_bytes} bytes of crops are queued and this request adds "
+                    f"{size} (limit {self.config.max_queued_bytes})")
+        if full is not None:
             self.stats["busy"] += 1
             queued_crops = sum(q.request.crops.shape[0]
                                for q in [*self._queue, *(self._in_flight or [])])
             retry_ms = max(10, int(queued_crops * self._seconds_per_crop * 1000))
-            return ErrorReply(request_id=request.request_id, code="busy",
-                              message=f"{len(self._queue)} refine requests are queued "
-                                      f"(limit {self.config.max_queue})",
+            return ErrorReply(request_id=request.request_id, code="busy", message=full,
                               hint=f"retry in about {retry_ms} ms", retry_after_ms=retry_ms)
         self.service.load_model(request.model)  # unknown models fail now, not in a batch
         self._queue.append(_Queued(peer, request, time.monotonic()))
+        self._queued_bytes += size
         return None
 
     def _start_due_batch(self) -> None:
@@ -260,6 +276,7 @@ class DaemonServer:
             size += count
         for queued in batch:
             self._queue.remove(queued)
+            self._queued_bytes -= _request_bytes(queued.request)
         self._in_flight = batch
         self._to_infer.put(batch)
 

@@ -52,13 +52,15 @@ FUZZ_MESSAGES = 10_000
 UNKNOWN_ID = "unknown"  # what the daemon answers to when a request's id cannot be read
 
 
-def _service(tmp_path: Path, limits: Limits = SMALL_LIMITS) -> RefinerService:
+def _service(tmp_path: Path, limits: Limits = SMALL_LIMITS, delay_s: float = 0.0
+             ) -> RefinerService:
     models = tmp_path / "models"
     models.mkdir(exist_ok=True)
     (models / "a.pt").write_bytes(b"stand-in")
     config = ServiceConfig(models_dir=str(models), state_dir=str(tmp_path / "state"),
                            device="cpu")
-    return RefinerService(config, model_loader=lambda path, device: InvertingModel(path.stem),
+    return RefinerService(config, model_loader=lambda path, device: InvertingModel(path.stem,
+                                                                                  delay_s),
                           trainers={}, limits=limits)
 
 
@@ -147,6 +149,29 @@ def test_eight_clients_each_get_their_own_hundred_replies(tmp_path: Path, runnin
     assert server.stats["refine_request"] == clients * per_client
     assert server.stats["busy"] == 0
     assert len(server.batch_sizes) < clients * per_client  # requests really shared batches
+
+
+def test_queued_bytes_are_bounded_but_any_single_request_is_served(tmp_path: Path,
+                                                                    running) -> None:
+    """A few clients sending big requests cannot make the daemon hold more than
+    ``max_queued_bytes`` of crops: the excess is told to retry."""
+    request_bytes = 2 * 32 * 32 * 3
+    server = running(_service(tmp_path, delay_s=0.3), batch_wait_ms=0, batch_max_crops=2,
+                     max_queued_bytes=request_bytes * 3 // 2)
+    rng = np.random.default_rng(2)
+    with Client(server.endpoint, timeout_ms=10_000, retries=0, limits=SMALL_LIMITS) as client:
+        crops = {client.send_request(RefineRequest(model="a", crops=batch)): batch
+                 for batch in rng.integers(0, 256, (6, 2, 32, 32, 3), dtype=np.uint8)}
+        replies = [client.poll_reply(10_000) for _ in crops]
+        assert {reply.request_id for reply in replies} == set(crops)  # one answer each
+        busy = [r for r in replies if isinstance(r, ErrorReply)]
+        assert busy and all(r.code == "busy" and "bytes of crops are queued" in r.message
+                             and r.retry_after_ms > 0 for r in busy)
+        for reply in replies:
+            if isinstance(reply, RefineReply):
+                np.testing.assert_array_equal(reply.images, 255 - crops[reply.request_id])
+        big = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)  # over the bound alone
+        np.testing.assert_array_equal(client.refine("a", big).images, 255 - big)
 
 
 # ---- fuzzing
