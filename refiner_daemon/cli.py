@@ -158,8 +158,9 @@ def client_keys(args: argparse.Namespace) -> CurveClientKeys | None:
     if not args.server_key:
         return None
     if not args.client_key:
-        raise SystemExit("error: --server-key needs --client-key (make one with "
-                         "`refiner-daemon keygen`)")
+        print("error: --server-key needs --client-key (make one with `refiner-daemon keygen`)",
+              file=sys.stderr)
+        raise SystemExit(2)
     return CurveClientKeys(read_key(args.server_key), read_key(args.client_key + PUBLIC_SUFFIX),
                            read_key(args.client_key + SECRET_SUFFIX))
 
