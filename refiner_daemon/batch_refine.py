@@ -13,11 +13,11 @@
 - ``refiner.json`` records what refined the images (model, sha256, config, daemon version,
   endpoint, crop size, date), ``refine_report.json`` what was done (frames, people, skips).
 
-While ``refine_fn`` works on one frame, worker threads cut the next frame and encode and
-write the previous one. ``refine_fn`` maps uint8 crops (N, H, W, 3) to refined crops of the
-same shape: the CLI passes
-one that talks to a daemon (``protocol.transport.Client.refine``); tests and scripts can pass
-``lambda crops: service.refine(model, crops).images`` to run in-process.
+``refine_fn`` maps uint8 crops (N, H, W, 3) to refined crops of the same shape: the CLI
+passes one that talks to a daemon (``protocol.transport.Client.refine``); tests and scripts
+can pass ``lambda crops: service.refine(model, crops).images`` to run in-process. While
+``refine_fn`` works on one frame, worker threads cut the next frame and encode and write the
+previous one.
 
 Resumable: a frame whose refined image exists is skipped (images are written atomically, so
 one that exists is complete), but only when ``OUT_DIR/refiner.json`` names the same model,
