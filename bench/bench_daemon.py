@@ -18,6 +18,10 @@ to a temporary model folder.
 4. Memory: a daemon process serving a tiny refiner answers 10,000 one-crop requests (16x16);
    its resident set size (``/proc/PID/status`` VmRSS) after the first 1,000 is the baseline
    for the RSS after all 10,000 (the goal: within 5 %).
+5. Dataset refinement: 6 synthetic 1024x1024 frames with 5 drawn people each, refined
+   through a daemon process with 128x128 crops by ``refine_dataset`` (the next frame cut and
+   the previous one written while the daemon works) vs the sequential loop (read, cut,
+   refine, paste back, write; the baseline); the pixels must be identical.
 
 Run: ``python -m bench daemon``; JSON goes to ``bench/results/daemon.json``.
 """
@@ -30,6 +34,7 @@ import os
 # daemon thread of parts 1-2 is not starved by spinning workers. It takes effect only if torch
 # is not imported yet in this process (true for `python -m bench daemon`).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import io
 import statistics
 import subprocess
 import sys
@@ -42,10 +47,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from bench.report import print_table, write_result
+from protocol.annotations import load_rendered_coco
+from protocol.coco import rle_encode
+from protocol.fileio import atomic_write_bytes, atomic_write_json
 from protocol.messages import RefineReply, RefineRequest
 from protocol.transport import Client
+from refiner_daemon.batch_refine import (
+    BatchRefineConfig,
+    RefinerIdentity,
+    refine_dataset,
+    refine_frame,
+)
 from refiner_daemon.models import ResnetGenerator
 from refiner_daemon.server import DaemonServer, ServerConfig
 from refiner_daemon.service import RefinerService, ServiceConfig
@@ -57,6 +72,7 @@ CLIENT_COUNTS = (1, 4, 8)
 REQUESTS_PER_CLIENT = {1: 40, 4: 20, 8: 15}  # about the same total work at each count
 CONCURRENCY_ROUNDS = 3
 MEMORY_REQUESTS, MEMORY_FIRST, MEMORY_SIDE, MEMORY_WINDOW = 10_000, 1_000, 16, 16
+DATASET_FRAMES, DATASET_SIDE, DATASET_PEOPLE, DATASET_CROP, DATASET_ROUNDS = 6, 1024, 5, 128, 3
 
 
 def _serve(service: RefinerService, config: ServerConfig
@@ -222,6 +238,95 @@ def measure_memory(models: Path, state: Path) -> dict:
             "rss_mib_every_1000": [round(samples[n], 1) for n in sorted(samples)]}
 
 
+def make_render_like_dataset(folder: Path, frames: int, side: int, people: int,
+                             seed: int) -> Path:
+    """A rendered-format dataset (coco.json, images/, masks/, frames/) of smooth "rooms" with
+    ``people`` drawn people each: capsule bodies pointing at the image centre, round heads."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:side, 0:side].astype(np.float32)
+    centre = (side - 1) / 2.0
+    coco: dict = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "person"}]}
+    for index in range(frames):
+        stem = f"{index:06d}"
+        room = np.stack([xs / side * 180 + 40, ys / side * 120 + 60,
+                         np.full_like(xs, 128.0)], axis=-1)
+        room += rng.normal(0, 6, room.shape)
+        image = np.clip(room, 0, 255).astype(np.uint8)
+        instance = np.zeros((side, side), dtype=np.uint16)
+        heads = []
+        for person in range(1, people + 1):
+            angle, radius = rng.uniform(0, 2 * np.pi), rng.uniform(0.15, 0.4) * side
+            head = np.array([centre + radius * np.cos(angle), centre + radius * np.sin(angle)])
+            towards = (centre - head) / np.linalg.norm(centre - head)
+            length, width = 0.09 * side, 0.025 * side
+            t = np.clip(((xs - head[0]) * towards[0] + (ys - head[1]) * towards[1]) / length,
+                        0, 1)
+            body = np.hypot(xs - head[0] - t * length * towards[0],
+                            ys - head[1] - t * length * towards[1]) <= width
+            body |= np.hypot(xs - head[0], ys - head[1]) <= width * 0.9
+            instance[body] = person
+            image[body] = rng.integers(30, 220, 3)
+            heads.append(head)
+        for person, head in enumerate(heads, start=1):
+            coco["annotations"].append({
+                "id": len(coco["annotations"]) + 1, "image_id": index, "category_id": 1,
+                "instance_id": person, "head_point": [float(head[0]), float(head[1])],
+                "segmentation": rle_encode(instance == person)})
+        for sub, array in (("images", image), ("masks", instance)):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(folder / sub / f"{stem}.png")
+        atomic_write_json(folder / "frames" / f"{stem}.json", {"index": index})
+        coco["images"].append({"id": index, "file_name": f"images/{stem}.png", "width": side,
+                               "height": side, "mask_file": f"masks/{stem}.png"})
+    atomic_write_json(folder / "coco.json", coco)
+    return folder
+
+
+def _refine_sequentially(source: Path, target: Path, refine_fn, config: BatchRefineConfig
+                         ) -> None:
+    """The baseline: read, cut, refine, paste back and write each frame in turn."""
+    for image in load_rendered_coco(source):
+        pixels = np.asarray(Image.open(image.path).convert("RGB"))
+        refined, _, _ = refine_frame(pixels, image, refine_fn, config)
+        buffer = io.BytesIO()
+        Image.fromarray(refined).save(buffer, format="PNG")
+        atomic_write_bytes(target / "images" / image.path.name, buffer.getvalue())
+
+
+def measure_dataset_refine(models: Path, state: Path, work: Path) -> dict:
+    """``refine_dataset`` (pipelined) vs the sequential loop, through a daemon process."""
+    source = make_render_like_dataset(work / "render", DATASET_FRAMES, DATASET_SIDE,
+                                      DATASET_PEOPLE, seed=3)
+    config = BatchRefineConfig(crop_size=DATASET_CROP)
+    seconds: dict[str, list[float]] = {"sequential (baseline)": [], "pipelined refine_dataset": []}
+    with daemon_process(models, state) as (endpoint, _), \
+            Client(endpoint, timeout_ms=120_000, retries=0) as client:
+        def refine_fn(crops: np.ndarray) -> np.ndarray:
+            return client.refine("bench", crops).images
+
+        sha = client.refine("bench", np.zeros((1, DATASET_CROP, DATASET_CROP, 3), np.uint8)
+                            ).model_sha256
+        identity = RefinerIdentity("bench", sha, endpoint=endpoint)
+        for round_index in range(DATASET_ROUNDS):  # alternate, so load hits both alike
+            started = time.perf_counter()
+            _refine_sequentially(source, work / f"sequential{round_index}", refine_fn, config)
+            seconds["sequential (baseline)"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            refine_dataset(source, work / f"pipelined{round_index}", refine_fn, identity, config,
+                           progress=False)
+            seconds["pipelined refine_dataset"].append(time.perf_counter() - started)
+    same = all(np.array_equal(np.asarray(Image.open(work / "sequential0" / "images" / name)),
+                              np.asarray(Image.open(work / "pipelined0" / "images" / name)))
+               for name in sorted(p.name for p in (source / "images").iterdir()))
+    medians = {name: statistics.median(values) for name, values in seconds.items()}
+    return {"frames": DATASET_FRAMES, "side": DATASET_SIDE, "people_per_frame": DATASET_PEOPLE,
+            "crop": DATASET_CROP, "rounds": DATASET_ROUNDS,
+            "seconds_median": medians, "seconds_rounds": seconds,
+            "speedup_pipelined_vs_sequential": (medians["sequential (baseline)"]
+                                                / medians["pipelined refine_dataset"]),
+            "identical_pixels": same}
+
+
 def main() -> None:
     torch.set_num_threads(2)
     torch.manual_seed(0)
@@ -286,6 +391,7 @@ def main() -> None:
                                                      crop_size=(MEMORY_SIDE, MEMORY_SIDE)),
                        ResnetGenerator(width=4, n_blocks=1), name="tiny")
         memory = measure_memory(models, state)
+        dataset_refine = measure_dataset_refine(models, state, Path(tmp))
 
     overhead_ratio = via_daemon / in_process
     batched, unbatched = throughput.values()
@@ -309,6 +415,12 @@ def main() -> None:
     print_table(f"daemon RSS over {MEMORY_REQUESTS} requests (1 crop {MEMORY_SIDE}x{MEMORY_SIDE}, "
                 "width-4 refiner)", ["measure", "value"],
                 [[key, value] for key, value in memory.items()])
+    print_table(f"refine a dataset of {DATASET_FRAMES} frames {DATASET_SIDE}x{DATASET_SIDE}, "
+                f"{DATASET_PEOPLE} people each, {DATASET_CROP}px crops, daemon process, median "
+                f"of {DATASET_ROUNDS}", ["client", "s"],
+                [[name, value] for name, value in dataset_refine["seconds_median"].items()]
+                + [["speed-up", dataset_refine["speedup_pipelined_vs_sequential"]],
+                   ["identical pixels", dataset_refine["identical_pixels"]]])
     write_result("daemon", {
         "workload": {"crop_side": SIDE, "crops_per_request": CROPS, "clients": CLIENTS,
                      "crops_per_client": CROPS_PER_CLIENT, "model": "cyclegan width 16, 3 blocks",
@@ -325,6 +437,8 @@ def main() -> None:
         "concurrency_baseline": "batching off at the same client count",
         "memory": memory,
         "memory_baseline": f"daemon RSS after the first {MEMORY_FIRST} requests",
+        "dataset_refine": dataset_refine,
+        "dataset_refine_baseline": "sequential read, cut, refine, paste, write per frame",
     })
 
 
