@@ -179,9 +179,13 @@ class RefinerService:
         refiner = self.load_model(model)
         try:
             output = refiner.refine(crops)
-        except (ValueError, TypeError, RuntimeError) as exc:
+        except (ValueError, TypeError) as exc:  # the model refused these crops (e.g. too small)
+            raise ServiceError("bad_config", f"model {model!r} cannot refine crops {crops.shape}: "
+                               f"{exc}", "send crops of the size the model was trained for"
+                               ) from None
+        except RuntimeError as exc:  # a failure inside the model (e.g. out of GPU memory)
             raise ServiceError("internal", f"model {model!r} failed on crops {crops.shape}: {exc}",
-                               "check the crop size the model was trained for") from None
+                               "check the daemon's log; smaller batches may help") from None
         images = np.asarray(output.images)
         if images.shape != crops.shape or images.dtype != np.uint8:
             raise ServiceError("internal", f"model {model!r} returned {images.dtype} "

@@ -174,6 +174,9 @@ def test_service_refines_with_real_models(tmp_path: Path, models_dir: Path) -> N
         assert with_attention.attention.shape == (3, 32, 32)
         assert with_attention.attention.dtype == np.float32
         assert 0 <= with_attention.attention.min() <= with_attention.attention.max() <= 1
+        with pytest.raises(ServiceError, match="cannot refine crops") as refused:
+            service.refine("tiny", _crops(2, side=2))  # the generator needs sides >= 4
+        assert refused.value.code == "bad_config"  # the request's fault, not the daemon's
         caps = service.capabilities()
         assert caps.models == ("tiny", "tiny_att") and set(caps.loaded_models) == {"tiny",
                                                                                    "tiny_att"}
