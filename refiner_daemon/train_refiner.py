@@ -91,7 +91,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=int, help="epochs over min(|S|, |R|) (default 160)")
     train.add_argument("--batch-size", type=int, help="default 1")
-    train.add_argument("--crop-size", type=_crop_size, help="HEIGHTxWIDTH (default 256x128)")
+    train.add_argument("--crop-size", type=_crop_size,
+                       help="HEIGHTxWIDTH (default 128x128, the crop dataset's default)")
     train.add_argument("--lr", type=float, help="Adam learning rate (default 2e-4)")
     train.add_argument("--pool-size", type=int, help="generated-image history (default 50)")
     train.add_argument("--seed", type=int, help="default 0")

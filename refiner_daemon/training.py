@@ -62,7 +62,7 @@ class RefinerConfig:
     preset: str = "C_CP"
     epochs: int = 160
     batch_size: int = 1
-    crop_size: tuple[int, int] = (256, 128)  # (height, width); crops are resized to it
+    crop_size: tuple[int, int] = (128, 128)  # (height, width); crops are resized to it
     width: int = 64               # generator filters in the first convolution (AGGAN paper: 32)
     disc_width: int = 64
     n_blocks: int = 9
@@ -183,7 +183,7 @@ class ModelSpec:
     n_blocks: int = 9
     skip: bool = False
     attention_width: int = 32
-    crop_size: tuple[int, int] = (256, 128)
+    crop_size: tuple[int, int] = (128, 128)
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
