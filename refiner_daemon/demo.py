@@ -56,7 +56,6 @@ class DemoConfig:
     refiner_width: int = 16
     refiner_blocks: int = 3
     train_steps: int = 300
-    train_crop_size: int = 64
 
     def validate(self) -> None:
         if self.frames < 2:
@@ -295,7 +294,7 @@ def run_demo(cfg: DemoConfig) -> Path:
             "--synthetic", str(out / "crops_synthetic"), "--real", str(out / "crops_target"),
             "--preset", cfg.refiner_preset, "--width", str(cfg.refiner_width),
             "--disc-width", str(cfg.refiner_width), "--n-blocks", str(cfg.refiner_blocks),
-            "--crop-size", str(cfg.train_crop_size), "--max-steps", str(cfg.train_steps),
+            "--crop-size", f"{cfg.crop_size}x{cfg.crop_size}", "--max-steps", str(cfg.train_steps),
             "--seed", str(cfg.seed), "--checkpoint-every", "100", "--resume", "--no-progress"))
     models.mkdir(exist_ok=True)
     shutil.copyfile(run_dir / "refiner.pt", models / f"{MODEL_NAME}.pt")
