@@ -621,6 +621,11 @@ def train_refiner(cfg: RefinerConfig, *, on_progress: Callable[[dict[str, Any]],
     if cfg.resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=trainer.device, weights_only=True)
         _check_resume_compatible(state["config"], cfg)
+        if state["perceptual"] != describe(trainer.extractor):
+            # e.g. "auto" now finds VGG16 weights where the run started with MobileNetV2.
+            raise ValueError(f"cannot resume: the run used perceptual extractor "
+                             f"{state['perceptual']}, now {describe(trainer.extractor)}; pass "
+                             "--perceptual NAME --perceptual-weights PATH of the original")
         start = trainer.load_state_dict(state)
     else:
         random.seed(cfg.seed)

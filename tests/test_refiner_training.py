@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from refiner_daemon import perceptual
 from refiner_daemon.data import CropFolder, list_crop_files
 from refiner_daemon.inference import MAX_MEAN_ABS_DIFF, Refiner
 from refiner_daemon.models import ResnetGenerator
@@ -234,13 +235,25 @@ def test_training_learns_the_toy_mapping(tmp_path: Path, domains: tuple[Path, Pa
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_perceptual_run_records_its_extractor(tmp_path: Path, domains: tuple[Path, Path]) -> None:
+def test_perceptual_run_records_its_extractor(tmp_path: Path, domains: tuple[Path, Path],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     train_refiner(_cfg(tmp_path, domains, preset="M", epochs=1, max_steps=1,
                        mean_feature_samples=8))
     record = json.loads((tmp_path / "config.json").read_text())
     assert record["perceptual_extractor"]["name"] == "mobilenet_v2"
     assert len(record["perceptual_extractor"]["sha256"]) == 64
     assert record["perceptual_extractor"]["layers"] == ["pool2", "pool5"]
+    # Resuming with a different extractor (here: "auto" now resolves to another weights file)
+    # would change what the feature losses measure, so it is refused.
+    original = perceptual.find_mobilenet_v2_weights()
+    assert original is not None
+    other = tmp_path / "weights" / "mobilenet_v2-other.pth"
+    other.parent.mkdir()
+    shutil.copy(original, other)
+    monkeypatch.setattr(perceptual, "find_mobilenet_v2_weights", lambda: other)
+    with pytest.raises(ValueError, match="perceptual extractor"):
+        train_refiner(_cfg(tmp_path, domains, preset="M", epochs=1, max_steps=2,
+                           mean_feature_samples=8, resume=True))
 
 
 def test_export_hash_is_stable_and_loads_weights_only(tmp_path: Path) -> None:
