@@ -1,0 +1,63 @@
+"""The demo end to end at its smallest: two frames rendered, cropped, a refiner trained for a
+few steps, served by a real daemon process, the dataset refined through it, a summary written.
+This is the chain `make demo` runs, so a broken stage boundary fails here first."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from refiner_daemon import demo
+
+
+@pytest.mark.slow
+def test_demo_runs_the_whole_chain(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    assert demo.main(["--out", str(out), "--frames", "2", "--train-steps", "3"]) == 0
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["background_untouched"] is True
+    assert "STAND-IN" in summary["target_domain"]
+    assert set(summary["timings_s"]) >= {"render", "train refiner", "refine via daemon"}
+
+    rendered = json.loads((out / "render" / "coco.json").read_text())
+    refined = json.loads((out / "refined" / "coco.json").read_text())
+    assert refined["annotations"] == rendered["annotations"], "annotations must be untouched"
+    record = json.loads((out / "refined" / "refiner.json").read_text())
+    assert record["model"] == "demo" and len(record["model_sha256"]) == 64
+
+    # Pixels: only people change, and the background is copied bit for bit.
+    for image in rendered["images"]:
+        before = np.asarray(Image.open(out / "render" / image["file_name"]).convert("RGB"))
+        after = np.asarray(Image.open(out / "refined" / image["file_name"]).convert("RGB"))
+        mask = np.asarray(Image.open(out / "render" / image["mask_file"]))
+        assert np.array_equal(before[mask == 0], after[mask == 0])
+    assert (out / "summary.md").read_text().count("![") >= 4
+    assert (out / "commands.sh").read_text().count("refiner_daemon.cli refine") == 1
+
+
+def test_demo_refuses_a_real_folder_without_annotations(tmp_path: Path, capsys) -> None:
+    assert demo.main(["--out", str(tmp_path / "o"), "--real", str(tmp_path)]) == 1
+    assert "neither annotations.json" in capsys.readouterr().err
+
+
+def test_standin_dataset_keeps_annotations_and_changes_pixels(tmp_path: Path) -> None:
+    source = tmp_path / "render"
+    (source / "images").mkdir(parents=True)
+    (source / "masks").mkdir()
+    Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(source / "images" / "000000.png")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(source / "masks" / "000000.png")
+    coco = {"images": [{"id": 0, "file_name": "images/000000.png", "width": 64, "height": 64,
+                        "mask_file": "masks/000000.png"}], "annotations": [], "categories": []}
+    (source / "coco.json").write_text(json.dumps(coco))
+
+    target = demo.make_standin_dataset(source, tmp_path / "standin", seed=1)
+    written = json.loads((target / "coco.json").read_text())
+    assert written["images"] == coco["images"]
+    assert "STAND-IN" in written["info"]["description"]
+    pixels = np.asarray(Image.open(target / "images" / "000000.png"))
+    assert np.abs(pixels.astype(int) - 120).mean() > 3
