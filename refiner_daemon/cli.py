@@ -342,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--name", default="daemon")
     keygen.add_argument("--force", action="store_true", help="replace existing keys")
     keygen.set_defaults(run=cmd_keygen)
+
+    # Training runs in this process, without a daemon; `refiner-daemon serve` runs the same
+    # trainer as a background job when a client asks for one.
+    from refiner_daemon.train_refiner import add_train_parser, run_from_args
+
+    add_train_parser(commands).set_defaults(run=run_from_args)
     return parser
 
 
