@@ -67,7 +67,7 @@ def train_detector(cfg: DetectorConfig, *, on_progress: ProgressCallback | None 
     (``best.pt``; ``last.pt`` when stopped before the first epoch finished).
 
     ``on_progress`` receives ``{"step", "total_steps", "epoch", "losses", "eta_s"}`` after each
-    step and ``{"epoch", "val": {...}}`` after each validation; ``should_stop`` is polled after
+    step and ``{"step", "total_steps", "epoch", "val": {...}}`` after each validation; ``should_stop`` is polled after
     each step and ends training early (the state is saved, so ``resume=True`` continues).
     """
     out_dir = Path(cfg.out_dir)
@@ -150,7 +150,7 @@ def train_detector(cfg: DetectorConfig, *, on_progress: ProgressCallback | None 
             for name in ("precision", "recall", "f1"):
                 writer.add_scalar(f"val/{name}", record["val"][name], epoch + 1)
         if on_progress is not None:
-            on_progress({"epoch": epoch + 1, "val": record["val"]})
+            on_progress({"step": step, "total_steps": total_steps, "epoch": epoch + 1, "val": record["val"]})
         if counts.f1 > best_f1:  # strictly better: ties keep the earlier, less fitted epoch
             best_f1 = counts.f1
             save_checkpoint(best_path, model, config=cfg.to_dict(), epoch=epoch + 1,
