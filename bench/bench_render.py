@@ -1,19 +1,21 @@
 """Rendering benchmarks: quality-matched cost, batch throughput, and memory over many frames.
 
-1. Quality-matched cost: one frame of the sample office with five people (3 sitting, 2
-   standing) rendered with the thesis's setting (350 samples, no denoiser) and with our
-   default preset (adaptive sampling up to 64 samples + OpenImageDenoise); each scored by
-   PSNR against a 2048-sample reference of the same frame (same people, light and seed).
-   PSNR is given over the whole image and over the pixels the people change (bodies and
-   shadows; elsewhere every setting shows the same photo). Times are per frame after a
-   warm-up frame (the MakeHuman data is parsed once per process).
+1. Quality-matched cost: one 1024 x 1024 frame of the sample office with five people (3
+   sitting, 2 standing) rendered with the thesis's setting (350 samples, no denoiser), with
+   our default preset (adaptive sampling up to 64 samples + OpenImageDenoise) and with the
+   default minus the denoiser; each scored by PSNR against a 2048-sample reference of the
+   same frame (same people and light; its own Cycles seed, so its noise is independent).
+   To fit 2 CPU cores only a 256 x 256 window around the people is rendered (Cycles border
+   render) in every setting. PSNR is given over the window and over the pixels the people
+   change (bodies and shadows). Times are per frame after a warm-up frame (the MakeHuman
+   data is parsed once per process) and include building the people and the mask layers.
 2. Batch throughput: frames per minute of the CLI with 1 and 2 worker processes.
 3. Memory: resident memory of one long-lived renderer after each frame; the last window of
    frames must stay within 10 % of the first window.
 
-Sizes are scaled down from the issue's (1024 px quality frames, 200 frames of memory) so
-the whole benchmark finishes in about ten minutes on 2 CPU cores; the JSON records the
-sizes used. Run: ``python -m bench render``.
+Sizes are scaled down from the issue's (a full 1024 px quality frame, 200 frames of memory)
+so the benchmark finishes in about 15 minutes on 2 busy CPU cores; the JSON records the
+sizes used and the machine's load. Run: ``python -m bench render``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from bench.report import print_table, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = str(ROOT / "scenes" / "sample_office")
-QUALITY_RESOLUTION = 256  # issue: 1024 (a 2048-sample 1024 px reference takes > 1 h on 2 cores)
+# The quality frame is 1024 px as the issue asks, but only a window around the people is
+# rendered (a 2048-sample full 1024 px reference would take over an hour on 2 cores).
+QUALITY_WINDOW = 256
 REFERENCE_SAMPLES = 2048
 THROUGHPUT_RESOLUTION = 512
 THROUGHPUT_FRAMES = 4
@@ -58,20 +62,49 @@ def _config(settings: Any, count: int = 1, seed: int = 3) -> Any:
                        placement=PlacementConfig(sitting_range=(3, 3), standing_range=(2, 2)))
 
 
-def _render_timed(settings: Any, folder: Path, warm_up: bool = True) -> tuple[np.ndarray, float]:
-    """Render frame 0 (after a warm-up render when asked); return the image and the seconds."""
+def _people_window(settings: Any, size: int) -> tuple[int, int, int, int]:
+    """A ``size`` px square (x0, y0, x1, y1) of the frame centred on the people's heads."""
+    from blender_addon.core.batch import sample_frame_recipe
+    from blender_addon.core.scene_format import load_scene
+
+    scene = load_scene(SCENE)
+    camera = scene.camera_for(settings.resolution)
+    heads = np.array([[p.location[0], p.location[1], p.location[2] + 0.8]
+                      for p in sample_frame_recipe(scene, _config(settings), 0).people])
+    centre = camera.project(heads)[0].mean(axis=0)
+    x0 = int(np.clip(round(centre[0] - size / 2), 0, camera.width - size))
+    y0 = int(np.clip(round(centre[1] - size / 2), 0, camera.height - size))
+    return x0, y0, x0 + size, y0 + size
+
+
+def _render_timed(settings: Any, folder: Path, window: tuple[int, int, int, int],
+                  warm_up: bool = True, seed_offset: int = 0) -> tuple[np.ndarray, float]:
+    """Render frame 0 inside ``window`` only (Cycles border render), after a warm-up render
+    when asked; return the window's pixels and the seconds of the timed render."""
+    import bpy
+
     from blender_addon.bl.render import FrameRenderer
     from blender_addon.core.batch import prepare_run_folder
 
     config = _config(settings)
     prepare_run_folder(folder, config)
-    renderer = FrameRenderer(config, folder, threads=2)
+    renderer = FrameRenderer(config, folder, threads=2, cycles_seed_offset=seed_offset)
+    render = bpy.context.scene.render
+    canvas = renderer.settings.canvas_px
+    ox, oy = renderer.settings.crop_offset_px
+    x0, y0, x1, y1 = window
+    render.use_border, render.use_crop_to_border = True, False
+    # Blender's border is in canvas fractions with y measured from the bottom.
+    render.border_min_x, render.border_max_x = (x0 + ox) / canvas, (x1 + ox) / canvas
+    render.border_min_y, render.border_max_y = 1 - (y1 + oy) / canvas, 1 - (y0 + oy) / canvas
     if warm_up:
         renderer.render_frame(0)
     started = time.perf_counter()
     renderer.render_frame(0)
     seconds = time.perf_counter() - started
-    return np.asarray(Image.open(folder / "images" / "000000.png"), dtype=np.float64), seconds
+    image = np.asarray(Image.open(folder / "images" / "000000.png"), dtype=np.float64)
+    # One pixel of margin: the border's edge pixels may be partly rendered.
+    return image[y0 + 1:y1 - 1, x0 + 1:x1 - 1], seconds
 
 
 def _psnr(image: np.ndarray, reference: np.ndarray, region: np.ndarray | None = None) -> float:
@@ -84,32 +117,38 @@ def quality_benchmark(tmp: Path) -> dict[str, Any]:
     from blender_addon.core.batch import PRESETS, with_overrides
     from blender_addon.core.dataset import linear_to_srgb, load_photo_linear
 
-    size = QUALITY_RESOLUTION
     runs = {
-        "thesis (350 samples, no denoiser)": with_overrides(PRESETS["thesis"], resolution=size),
-        "default preset (adaptive <=64 + OIDN)": with_overrides(PRESETS["default"], resolution=size),
+        "thesis (350 samples, no denoiser)": PRESETS["thesis"],
+        "default preset (adaptive <=64 + OIDN)": PRESETS["default"],
+        "default without denoiser": with_overrides(PRESETS["default"], denoise=False),
     }
-    reference_settings = with_overrides(PRESETS["reference"], resolution=size,
-                                        samples=REFERENCE_SAMPLES)
-    # The reference is not timed against anything: no warm-up render.
-    reference, reference_seconds = _render_timed(reference_settings, tmp / "reference", warm_up=False)
+    reference_settings = with_overrides(PRESETS["reference"], samples=REFERENCE_SAMPLES)
+    size = reference_settings.resolution
+    window = _people_window(reference_settings, QUALITY_WINDOW)
+    # The reference gets its own Cycles seed, so its samples are independent of the others'.
+    reference, reference_seconds = _render_timed(reference_settings, tmp / "reference", window,
+                                                 warm_up=False, seed_offset=7919)
+    x0, y0, x1, y1 = window
     photo = np.round(linear_to_srgb(load_photo_linear(Path(SCENE) / "empty_room.jpg", (size, size))) * 255)
+    photo = photo[y0 + 1:y1 - 1, x0 + 1:x1 - 1]
     changed = np.abs(reference - photo).max(axis=2) > 2.0
-    results: dict[str, Any] = {"reference_seconds": reference_seconds, "changed_pixels": int(changed.sum())}
+    results: dict[str, Any] = {"reference_seconds": reference_seconds, "window_xyxy": list(window),
+                               "changed_pixels": int(changed.sum())}
     rows = []
     for index, (name, settings) in enumerate(runs.items()):
-        image, seconds = _render_timed(settings, tmp / f"q{index}")
+        image, seconds = _render_timed(settings, tmp / f"q{index}", window)
         entry = {"seconds": seconds, "psnr_db": _psnr(image, reference),
                  "psnr_people_db": _psnr(image, reference, changed),
                  "samples": settings.samples, "adaptive_threshold": settings.adaptive_threshold,
                  "denoise": settings.denoise}
         results[name] = entry
         rows.append([name, seconds, entry["psnr_db"], entry["psnr_people_db"]])
-    thesis, ours = (results[name] for name in runs)
+    thesis, ours = (results[name] for name in list(runs)[:2])
     results["speedup_default_vs_thesis"] = thesis["seconds"] / ours["seconds"]
     results["psnr_gain_people_db"] = ours["psnr_people_db"] - thesis["psnr_people_db"]
-    print_table(f"Quality-matched cost: {size}x{size}, 5 people, PSNR vs {REFERENCE_SAMPLES}-sample "
-                f"reference ({reference_seconds:.0f} s)",
+    print_table(f"Quality-matched cost: {size}x{size} frame, 5 people, rendered in a "
+                f"{QUALITY_WINDOW}x{QUALITY_WINDOW} window around them; PSNR vs a "
+                f"{REFERENCE_SAMPLES}-sample reference ({reference_seconds:.0f} s)",
                 ["setting", "seconds/frame", "PSNR dB", "PSNR people dB"], rows)
     print(f"default is {results['speedup_default_vs_thesis']:.2f}x faster than the thesis setting, "
           f"{results['psnr_gain_people_db']:+.2f} dB on the people")
@@ -176,12 +215,12 @@ def main() -> None:
         "load_average_1_5_15_min": {"before": list(load_before), "after": list(os.getloadavg())},
         "cpu_count": os.cpu_count(),
         "scaled_down": {
-            "quality_resolution": QUALITY_RESOLUTION, "issue_quality_resolution": 1024,
+            "quality_window_px": QUALITY_WINDOW, "quality_frame_px": 1024,
             "memory_frames": MEMORY_FRAMES, "issue_memory_frames": 200,
             "memory_window": MEMORY_WINDOW, "issue_memory_window": 50,
             "throughput_frames": THROUGHPUT_FRAMES,
-            "why": "2 shared CPU cores: a 2048-sample 1024 px reference and 200 frames would "
-                   "take well over an hour",
+            "why": "2 shared CPU cores: a full 2048-sample 1024 px reference and 200 frames "
+                   "would take well over an hour",
         },
         "quality": quality,
         "throughput": throughput,
