@@ -69,6 +69,7 @@ def test_projection_matches_rendered_markers(case: str) -> None:
         assert mask.sum() >= 8, f"marker {index} barely rendered ({mask.sum()} px)"
         centroid = np.array([(xs[mask] + 0.5).mean(), (ys[mask] + 0.5).mean()])
         errors.append(float(np.linalg.norm(centroid - projected[index - 1])))
+    print(f"{case}: max marker error {max(errors):.3f} px")
     assert max(errors) < 1.0, f"{case}: per-marker error px {np.round(errors, 3)}"
     # The markers really span the image circle (not all bunched at the centre).
     radii_px = np.linalg.norm(projected - np.asarray(camera.effective_principal_point()), axis=1)
