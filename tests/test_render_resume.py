@@ -34,9 +34,14 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
+def _env(out: Path) -> dict[str, str]:
+    # Scratch EXRs go to the test's folder, so a killed worker's leftover is cleaned up too.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(out.parent)}
+
+
 def _run(out: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(_command(out), check=False, capture_output=True, text=True, timeout=240, cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(_command(out), check=False, capture_output=True, text=True, timeout=240,
+                          cwd=ROOT, env=_env(out))
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find workers")
@@ -45,8 +50,7 @@ def test_killed_worker_then_rerun_matches_a_clean_run(tmp_path: Path) -> None:
     assert _run(clean).returncode == 0
 
     parent = subprocess.Popen(_command(resumed), cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+                              stderr=subprocess.PIPE, text=True, env=_env(resumed))
     killed = False
     deadline = time.monotonic() + 180
     # Frames go to workers in chunks of two: kill the worker that holds frames 2 and 3 as soon
