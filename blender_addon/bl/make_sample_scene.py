@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from blender_addon.bl import scene_build
+from blender_addon.core.batch import LightingRecipe
 from blender_addon.core.fisheye import FisheyeCamera, LensModel
 from blender_addon.core.scene_format import FORMAT_VERSION, SCENE_FILE, load_scene
 from protocol.fileio import atomic_write_bytes, atomic_write_json
@@ -123,7 +124,7 @@ def add_office_lights() -> None:
         obj = bpy.data.objects.new(f"panel_{index}", light)
         obj.location = (x, y, ROOM_HEIGHT - 0.05)
         bpy.context.scene.collection.objects.link(obj)
-    scene_build.apply_lighting(scene_build.Lighting(
+    scene_build.apply_lighting(LightingRecipe(
         sun_elevation_deg=55.0, sun_azimuth_deg=30.0, sun_strength=0.8, sun_angle_deg=3.0,
         sun_color=(1.0, 0.96, 0.9), ambient_color=(0.8, 0.85, 0.95), ambient_strength=0.15))
 

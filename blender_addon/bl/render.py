@@ -11,6 +11,7 @@ annotations in numpy, writes image, mask and per-frame JSON (last), and removes 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,9 +175,8 @@ class FrameRenderer:
         recipe = batch.sample_frame_recipe(self.scene, self.config, index, self.pose_library)
         lighting = recipe.lighting
         ambient = tuple(float(c * t) for c, t in zip(lighting.ambient_color, self.photo_tint))
-        scene_build.apply_lighting(scene_build.Lighting(
-            lighting.sun_elevation_deg, lighting.sun_azimuth_deg, lighting.sun_strength,
-            lighting.sun_angle_deg, lighting.sun_color, ambient, lighting.ambient_strength))
+        # The room photo's tint colours the ambient light, so people match the photo.
+        scene_build.apply_lighting(dataclasses.replace(lighting, ambient_color=ambient))
         bpy.context.scene.cycles.seed = (recipe.cycles_seed + self.cycles_seed_offset) % (2**31 - 1)
         people = self._add_people(recipe)
         try:

@@ -17,6 +17,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
+from blender_addon.core.batch import LightingRecipe
 from blender_addon.core.fisheye import FisheyeCamera
 
 MAIN_LAYER = "main"
@@ -220,20 +221,7 @@ def add_furniture_holdouts(furniture: Iterable[object]) -> bpy.types.Collection:
     return collection
 
 
-@dataclass(frozen=True)
-class Lighting:
-    """Randomised lighting of one frame (drawn by ``core.batch.sample_lighting``)."""
-
-    sun_elevation_deg: float
-    sun_azimuth_deg: float
-    sun_strength: float
-    sun_angle_deg: float
-    sun_color: tuple[float, float, float]
-    ambient_color: tuple[float, float, float]
-    ambient_strength: float
-
-
-def apply_lighting(lighting: Lighting) -> None:
+def apply_lighting(lighting: LightingRecipe) -> None:
     """One sun (hard shadows, like windows and spots) and a uniform world (soft fill)."""
     world = bpy.context.scene.world or bpy.data.worlds.new("world")
     bpy.context.scene.world = world
