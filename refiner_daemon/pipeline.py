@@ -14,11 +14,10 @@ mix ratio) as a PNG. Every number carries its seed; ``repeats`` reruns every det
 seeds ``seed, seed + 1, ...`` and reports mean ± standard deviation.
 
 Each stage is a function from folders to folders, so any stage can be skipped by naming an
-existing folder in the config. Stage 1 (rendering) runs in Blender through the batch renderer,
-which has no Python entry point callable from here: it raises :class:`StageNotAvailable`, and
-the config must name the rendered folder. Stages 2-4 call ``protocol.crop_dataset``,
-``refiner_daemon.training.train_refiner`` and ``refiner_daemon.inference.Refiner`` with
-``protocol.crops.crop_person`` / ``reinsert``.
+existing folder in the config. Stage 1 runs the batch renderer (``blender_addon.bl.cli_entry``)
+in its own process; stages 2-4 call ``protocol.crop_dataset``,
+``refiner_daemon.training.train_refiner`` and ``refiner_daemon.batch_refine.refine_dataset`` with
+an in-process ``Refiner``.
 
 The real frames R are split by frame (never mixing frames) into contiguous blocks in file-name
 order: consecutive video frames are near duplicates, so contiguous blocks leak less between
@@ -30,30 +29,30 @@ train, val and test than an interleaved split would.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import re
+import subprocess
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from protocol.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from protocol.crop_dataset import CropDatasetConfig, build_crop_dataset
+from protocol.fileio import atomic_write_json, atomic_write_text
+from refiner_daemon.batch_refine import BatchRefineConfig, RefinerIdentity, refine_dataset
 from refiner_daemon.detector.config import DatasetSpec, DetectorConfig
 from refiner_daemon.detector.data import DatasetError, image_names
 from refiner_daemon.detector.evaluate import evaluate_checkpoint
 from refiner_daemon.detector.training import train_detector
+from refiner_daemon.inference import Refiner
+from refiner_daemon.training import RefinerConfig, train_refiner
 
 
 class PipelineError(ValueError):
     """A pipeline configuration that cannot run; the message names the field."""
-
-
-class StageNotAvailable(RuntimeError):
-    """A stage whose implementation is not available here; name an existing folder instead."""
 
 
 @dataclass
@@ -174,22 +173,37 @@ def split_real_frames(names: list[str], split: dict[str, Any]) -> dict[str, list
 # --------------------------------------------------------------------------- stages 1-4
 
 
+def render_command(settings: dict[str, Any], out: Path) -> list[str]:
+    """The batch renderer's command line for stage 1: ``{"scene": ..., "count": 100}`` becomes
+    ``--scene ... --count 100`` (``True`` becomes a bare flag, ``False``/``None`` are left out)."""
+    argv = [sys.executable, "-m", "blender_addon.bl.cli_entry", "--out", str(out)]
+    for key, value in settings.items():
+        if key == "out":
+            raise PipelineError("render: \"out\" is chosen by the pipeline (<out_dir>/S); remove it")
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value not in (False, None):
+            argv += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    return argv
+
+
 def stage_render(cfg: PipelineConfig, out: Path) -> Path:
-    """Stage 1: the synthetic set S."""
+    """Stage 1: the synthetic set S, rendered by the batch renderer in its own process (it
+    needs Blender's bpy; this process holds torch). The renderer resumes by itself, so a rerun
+    only renders missing frames."""
     if cfg.synthetic is not None:
         return _existing(cfg.synthetic, "synthetic")
-    raise StageNotAvailable(
-        "stage 1 (render) not available from Python: rendering runs in Blender through the batch "
-        "renderer (see blender_addon/core/batch.py and its command line). Render S there, then set "
-        f"\"synthetic\" to its folder; the render settings given were {cfg.render}.")
+    assert cfg.render is not None  # checked by PipelineConfig
+    command = render_command({"seed": cfg.seed, **cfg.render}, out)
+    print("stage 1:", " ".join(command), flush=True)
+    if subprocess.run(command, check=False).returncode != 0:
+        raise PipelineError(f"stage 1 (render) failed; rerun by hand to see why: {' '.join(command)}")
+    return out
 
 
 def stage_crop(source: Path, out: Path, frames: list[str] | None, settings: dict[str, Any]) -> Path:
     """Stage 2: person crops of ``source`` (only ``frames`` of it, when given) into ``out``."""
-    try:
-        from protocol.crop_dataset import CropDatasetConfig, build_crop_dataset
-    except ImportError as exc:
-        raise StageNotAvailable(f"stage 2 (crop) not available: {exc}") from exc
     if frames is not None:
         source = _subset_folder(source, frames, out.parent / f"{out.name}_frames")
     summary = build_crop_dataset(source, out, CropDatasetConfig(**settings), progress=True)
@@ -203,12 +217,6 @@ def stage_crop(source: Path, out: Path, frames: list[str] | None, settings: dict
 def stage_train_refiner(preset: str, synthetic_crops: Path, real_crops: Path, out: Path,
                         settings: dict[str, Any], seed: int) -> Path:
     """Stage 3: train one refiner preset on unpaired crops; returns its exported model file."""
-    try:
-        from refiner_daemon.training import RefinerConfig, train_refiner
-    except ImportError as exc:
-        raise StageNotAvailable(f"stage 3 (train refiner) not available: {exc}") from exc
-    # build_crop_dataset keeps the crop images in a crops/ subfolder beside records.json.
-    synthetic_crops, real_crops = (c / "crops" if (c / "crops").is_dir() else c for c in (synthetic_crops, real_crops))
     config = RefinerConfig.from_dict({"seed": seed, **settings, "run_dir": str(out), "preset": preset,
                                       "synthetic_dir": str(synthetic_crops), "real_dir": str(real_crops)})
     return Path(train_refiner(config))
@@ -216,51 +224,18 @@ def stage_train_refiner(preset: str, synthetic_crops: Path, real_crops: Path, ou
 
 def stage_refine(refiner_model: Path, synthetic: Path, out: Path, crop_settings: dict[str, Any]) -> Path:
     """Stage 4 (thesis Figure 3.10): cut every person of S out upright (Algorithm 5), refine the
-    crops with the trained generator, paste them back under each person's own mask (Algorithm 6)
-    and write S+ with S's annotations unchanged (they stay valid by construction)."""
-    try:
-        from PIL import Image
-
-        from protocol.annotations import load_rendered_coco
-        from protocol.crop_dataset import CropDatasetConfig
-        from protocol.crops import crop_person, reinsert
-        from refiner_daemon.inference import Refiner
-    except ImportError as exc:
-        raise StageNotAvailable(f"stage 4 (refine) not available: {exc}") from exc
-    if (out / "coco.json").exists():  # resumable: a finished S+ is reused
-        return out
-    settings = CropDatasetConfig(**crop_settings)
+    crops with the trained generator in this process, paste them back under each person's own
+    mask (Algorithm 6) and write S+ with S's annotations unchanged. This is the code path of
+    ``refiner-daemon refine``, minus the sockets; ``refiner.json`` in S+ names the model."""
+    crops = CropDatasetConfig(**crop_settings)
+    if crops.size[0] != crops.size[1]:
+        raise PipelineError(f"crops.size {crops.size}: refining S needs square crops; give one side")
     refiner = Refiner.load(refiner_model)
-    source = json.loads((synthetic / "coco.json").read_text())
-    images = load_rendered_coco(synthetic)
-    for image in tqdm(images, desc=f"refining into {out.name}", unit="image"):
-        with Image.open(image.path) as handle:
-            pixels = np.asarray(handle.convert("RGB")).copy()
-        crops, records, masks = [], [], []
-        for index, person in enumerate(image.persons):
-            mask = person.mask
-            if mask is None:
-                raise PipelineError(f"{image.path.name}: person {index} has no mask; refined crops are "
-                                    "pasted back under the person's mask, so S must be rendered with masks")
-            crop, record = crop_person(
-                pixels, person.head_xy, size=settings.size, image_id=image.image_id, mask=mask,
-                scale=settings.min_scale if settings.fit == "none" else None, min_scale=settings.min_scale,
-                max_scale=settings.max_scale, fit_margin_px=settings.fit_margin_px, antialias=settings.antialias)
-            crops.append(crop)
-            records.append(record)
-            masks.append(mask)
-        refined = pixels
-        if crops:
-            refined_crops = refiner.refine(np.stack(crops)).images
-            refined = reinsert(pixels, list(refined_crops), records, masks)
-        relative = image.path.relative_to(synthetic)
-        buffer = io.BytesIO()
-        Image.fromarray(refined).save(buffer, format="PNG" if relative.suffix.lower() == ".png" else "JPEG",
-                                      quality=95)
-        atomic_write_bytes(out / relative, buffer.getvalue())
-    # Written last: its presence marks S+ as complete.
-    atomic_write_json(out / "coco.json", {**source, "refined_by": {"refiner": str(refiner_model),
-                                                                   "sha256": refiner.sha256}})
+    refine_dataset(
+        synthetic, out, lambda batch: refiner.refine(batch).images,
+        RefinerIdentity(model=str(refiner_model), model_sha256=refiner.sha256, endpoint="in-process"),
+        BatchRefineConfig(crop_size=crops.size[0], fit_margin_px=crops.fit_margin_px,
+                          min_scale=crops.min_scale))
     return out
 
 
@@ -596,7 +571,7 @@ are reused when rerun (delete OUT/detectors/<name> to redo one).""")
         return 0
     try:
         results = run_pipeline(config)
-    except (StageNotAvailable, PipelineError) as exc:
+    except PipelineError as exc:
         parser.exit(2, f"error: {exc}\n")
     print(render_tables(results))
     return 0

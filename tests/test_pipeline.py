@@ -14,7 +14,7 @@ from refiner_daemon.pipeline import (
     PipelineConfig,
     PipelineError,
     Run,
-    StageNotAvailable,
+    render_command,
     render_tables,
     run_pipeline,
     split_real_frames,
@@ -64,9 +64,15 @@ def test_config_validation_names_the_field(tmp_path: Path) -> None:
         PipelineConfig.from_dict({"out_dir": "o", "real": "r"})
 
 
-def test_render_stage_says_it_is_not_available(tmp_path: Path) -> None:
-    config = PipelineConfig.from_dict({"out_dir": str(tmp_path), "real": str(tmp_path), "render": {"frames": 10}})
-    with pytest.raises(StageNotAvailable, match="stage 1"):
+def test_render_stage_runs_the_batch_renderer_command(tmp_path: Path) -> None:
+    command = render_command({"seed": 3, "scene": "scenes/sample_office", "count": 4,
+                              "sitting": [1, 2], "denoise": True, "contact_sheet": None}, tmp_path / "S")
+    assert command[1:] == ["-m", "blender_addon.bl.cli_entry", "--out", str(tmp_path / "S"),
+                           "--seed", "3", "--scene", "scenes/sample_office", "--count", "4",
+                           "--sitting", "1,2", "--denoise"]
+    config = PipelineConfig.from_dict({"out_dir": str(tmp_path), "real": str(tmp_path),
+                                       "render": {"count": 1, "scene": str(tmp_path / "missing")}})
+    with pytest.raises(PipelineError, match="stage 1"):
         stage_render(config, tmp_path / "S")
 
 
@@ -134,8 +140,8 @@ def test_stages_2_to_4_make_a_refined_set_and_feed_the_tables(tmp_path: Path) ->
     config = PipelineConfig.from_dict({
         "out_dir": str(tmp_path / "exp"), "real": str(real), "synthetic": str(synthetic),
         "refined": {"C_CP": {"preset": "C_CP"}}, "experiments": ["refined"], "distance_table": True,
-        "crops": {"size": [48, 32], "fit_margin_px": 2.0},
-        "refiner": {"epochs": 1, "max_steps": 2, "width": 4, "disc_width": 4, "n_blocks": 1, "crop_size": [48, 32],
+        "crops": {"size": [48, 48], "fit_margin_px": 2.0},
+        "refiner": {"epochs": 1, "max_steps": 2, "width": 4, "disc_width": 4, "n_blocks": 1, "crop_size": [48, 48],
                     "tensorboard": False, "progress": False, "device": "cpu"},
         "detector": {"epochs": 1, "input_size": 64, "batch_size": 4, "num_anchors": 2, "augment": False,
                      "tensorboard": False},
@@ -144,7 +150,9 @@ def test_stages_2_to_4_make_a_refined_set_and_feed_the_tables(tmp_path: Path) ->
     refined = Path(results["refined"]["C_CP"])
     source = json.loads((synthetic / "coco.json").read_text())
     made = json.loads((refined / "coco.json").read_text())
-    assert made["annotations"] == source["annotations"] and "sha256" in made["refined_by"]
+    assert made["annotations"] == source["annotations"]
+    record = json.loads((refined / "refiner.json").read_text())
+    assert len(record["model_sha256"]) == 64 and record["endpoint"] == "in-process"
     changed_anywhere = False
     for image in source["images"]:
         before = np.asarray(Image.open(synthetic / image["file_name"]).convert("RGB")).astype(int)
