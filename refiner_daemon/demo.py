@@ -55,7 +55,7 @@ class DemoConfig:
     refiner_preset: str = "C_CP+S"
     refiner_width: int = 16
     refiner_blocks: int = 3
-    train_steps: int = 300
+    train_steps: int = 1500
 
     def validate(self) -> None:
         if self.frames < 2:
@@ -196,6 +196,35 @@ def _diff_heat(before: Path, after: Path) -> Image.Image:
     return Image.fromarray(np.stack([scaled, scaled // 3, 255 - scaled], axis=2))
 
 
+def person_colour_stats(out: Path) -> dict[str, dict[str, float]]:
+    """Mean RGB of person pixels before and after refinement, and of the target crops.
+
+    The frames' person masks select the people; the target side uses its crops' masks when it
+    has them (rendered or stand-in targets) and whole crops otherwise (real frames). A refiner
+    that learned the target's look moves the refined statistics toward the target's.
+    """
+
+    def stats(pixels: np.ndarray) -> dict[str, float]:
+        mean = pixels.reshape(-1, 3).astype(np.float64).mean(axis=0)
+        return {"r": float(mean[0]), "g": float(mean[1]), "b": float(mean[2]),
+                "blue_over_red": float(mean[2] / max(mean[0], 1e-6))}
+
+    coco = json.loads((out / "render" / "coco.json").read_text())
+    frames: dict[str, list[np.ndarray]] = {"render": [], "refined": []}
+    for image in coco["images"]:
+        mask = np.asarray(Image.open(out / "render" / image["mask_file"])) > 0
+        for name, parts in frames.items():
+            parts.append(np.asarray(Image.open(out / name / image["file_name"]).convert("RGB"))[mask])
+    target: list[np.ndarray] = []
+    for crop_path in sorted((out / "crops_target" / "crops").glob("*.png")):
+        pixels = np.asarray(Image.open(crop_path).convert("RGB"))
+        mask_path = out / "crops_target" / "masks" / crop_path.name
+        target.append(pixels[np.asarray(Image.open(mask_path)) > 127] if mask_path.exists() else pixels)
+    result = {name: stats(np.concatenate(parts)) for name, parts in frames.items()}
+    result["target"] = stats(np.concatenate(target))
+    return result
+
+
 def write_summary(out: Path, cfg: DemoConfig, timings: dict[str, float], target_label: str) -> Path:
     """One page: before/after frames, a difference map, crops, timings, the commands."""
     rendered, refined = out / "render", out / "refined"
@@ -223,6 +252,10 @@ def write_summary(out: Path, cfg: DemoConfig, timings: dict[str, float], target_
         np.abs(np.asarray(Image.open(rendered / n).convert("RGB"), np.int16)
                - np.asarray(Image.open(refined / n).convert("RGB"), np.int16)).mean() for n in names]))
     rows = "\n".join(f"| {stage} | {seconds:.1f} |" for stage, seconds in timings.items())
+    colours = person_colour_stats(out)
+    colour_rows = "\n".join(
+        f"| {name} | {c['r']:.1f} | {c['g']:.1f} | {c['b']:.1f} | {c['blue_over_red']:.3f} |"
+        for name, c in colours.items())
     markdown = f"""# Demo summary
 
 Scene `{cfg.scene}`, {cfg.frames} frames, seed {cfg.seed}. Target domain: **{target_label}**.
@@ -236,7 +269,14 @@ Refiner: preset `{cfg.refiner_preset}`, width {cfg.refiner_width}, {cfg.refiner_
 Per-pixel change on the first frame (blue: none, red: most): ![difference](summary_files/difference.png)
 
 Background pixels bit-identical to the render on every frame shown: **{all(outside)}**.
-Mean absolute change per pixel over those frames: {changed:.2f} grey levels.
+Mean absolute change per pixel over those frames: {changed:.2f} grey levels (people cover
+a small part of each frame; the table below looks at their pixels only).
+
+Mean colour of person pixels (the refiner should move "refined" from "render" toward "target"):
+
+| set | R | G | B | B/R |
+|---|---|---|---|---|
+{colour_rows}
 
 Synthetic crops: ![crops](summary_files/crops_synthetic.jpg)
 
@@ -257,6 +297,7 @@ Every command the demo ran is in `commands.sh`; logs are in `logs/`.
     atomic_write_json(out / "summary.json", {"config": asdict(cfg), "timings_s": timings,
                                              "target_domain": target_label,
                                              "background_untouched": all(outside),
+                                             "person_colour": colours,
                                              "mean_abs_change": changed})
     return out / "summary.md"
 

@@ -23,6 +23,9 @@ def test_demo_runs_the_whole_chain(tmp_path: Path) -> None:
     assert summary["background_untouched"] is True
     assert "STAND-IN" in summary["target_domain"]
     assert set(summary["timings_s"]) >= {"render", "train refiner", "refine via daemon"}
+    colours = summary["person_colour"]
+    assert set(colours) == {"render", "refined", "target"}
+    assert colours["render"] != colours["refined"], "the refiner must change the people"
 
     rendered = json.loads((out / "render" / "coco.json").read_text())
     refined = json.loads((out / "refined" / "coco.json").read_text())
