@@ -43,7 +43,13 @@ def load_crop(path: Path, crop_size: tuple[int, int]) -> np.ndarray:
 
 
 def uint8_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [-1, 1]."""
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [-1, 1].
+
+    Arrays decoded from the wire are read-only views over the received frames; torch cannot
+    wrap those without a warning, and ``.float()`` copies anyway, so convert in numpy first.
+    """
+    if not images.flags.writeable:
+        return torch.from_numpy(images.astype(np.float32)).permute(0, 3, 1, 2).div_(127.5).sub_(1.0)
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
