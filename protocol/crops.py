@@ -236,6 +236,17 @@ def _check_mask(mask: Any, image_hw: tuple[int, int], what: str = "mask") -> np.
 # --------------------------------------------------------------------------- resampling
 
 
+def _bilinear_taps(xs: np.ndarray, ys: np.ndarray
+                   ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The four integer neighbours ``(ix, iy)`` of each float position and their bilinear
+    weights (unclipped: callers decide what lies outside the image)."""
+    x0, y0 = np.floor(xs), np.floor(ys)
+    fx, fy = xs - x0, ys - y0
+    x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
+    return [(x0, y0, (1 - fx) * (1 - fy)), (x0 + 1, y0, fx * (1 - fy)),
+            (x0, y0 + 1, (1 - fx) * fy), (x0 + 1, y0 + 1, fx * fy)]
+
+
 def _sample_bilinear(image: np.ndarray, xs: np.ndarray, ys: np.ndarray, *, clamp: bool,
                      pad_value: float = 0.0) -> np.ndarray:
     """Bilinear samples of ``image`` at float positions; returns ``(N, C)`` float64.
@@ -245,18 +256,9 @@ def _sample_bilinear(image: np.ndarray, xs: np.ndarray, ys: np.ndarray, *, clamp
     """
     height, width = image.shape[:2]
     pixels = image.reshape(height, width, -1)
-    x0 = np.floor(xs)
-    y0 = np.floor(ys)
-    fx = xs - x0
-    fy = ys - y0
-    x0 = x0.astype(np.int64)
-    y0 = y0.astype(np.int64)
     flat = pixels.reshape(height * width, -1)
     result = np.zeros((xs.size, pixels.shape[2]), dtype=np.float64)
-    for dx, dy, weight in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
-                           (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
-        ix = x0 + dx
-        iy = y0 + dy
+    for ix, iy, weight in _bilinear_taps(xs, ys):
         # One flat gather is cheaper than 2-D fancy indexing.
         index = np.clip(iy, 0, height - 1) * width + np.clip(ix, 0, width - 1)
         values = np.take(flat, index, axis=0).astype(np.float64)
@@ -277,18 +279,11 @@ def _sample_bilinear_valid(image: np.ndarray, valid: np.ndarray, xs: np.ndarray,
     """
     height, width = image.shape[:2]
     pixels = image.reshape(height, width, -1)
-    x0 = np.floor(xs)
-    y0 = np.floor(ys)
-    fx = xs - x0
-    fy = ys - y0
-    x0 = x0.astype(np.int64)
-    y0 = y0.astype(np.int64)
     result = np.zeros((xs.size, pixels.shape[2]), dtype=np.float64)
     coverage = np.zeros(xs.size, dtype=np.float64)
-    for dx, dy, weight in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
-                           (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
-        iy = np.clip(y0 + dy, 0, height - 1)
-        ix = np.clip(x0 + dx, 0, width - 1)
+    for ix, iy, weight in _bilinear_taps(xs, ys):
+        iy = np.clip(iy, 0, height - 1)
+        ix = np.clip(ix, 0, width - 1)
         weight = weight * valid[iy, ix]
         result += weight[:, None] * pixels[iy, ix].astype(np.float64)
         coverage += weight
