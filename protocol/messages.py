@@ -430,8 +430,9 @@ def _normalise_meta(owner: str, meta: Any, count: int) -> tuple[dict[str, Any], 
     if len(items) != count:
         raise _fail(owner, "meta", f"has {len(items)} entries for {count} crops")
     if _FROM_WIRE.get():  # the codec's msgpack settings already guarantee JSON values
-        if not all(type(item) is dict for item in items):
-            raise _fail(owner, "meta", "every entry must be a dict")
+        for item in items:  # a loop: cheaper than all() over a generator, per message
+            if type(item) is not dict:
+                raise _fail(owner, "meta", "every entry must be a dict")
         return items
     for item in items:
         _check_dict(owner, "meta", item)

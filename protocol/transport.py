@@ -288,7 +288,9 @@ class Client:
             now = time.monotonic()
             wake = min([end] + [pending.deadline for pending in self._pending.values()])
             try:
-                ready = self._socket.poll(max(0, int((wake - now) * 1000)), zmq.POLLIN)
+                # zmq.zmq_poll, not Socket.poll: the latter builds a Poller on every call.
+                ready = zmq.zmq_poll([(self._socket, zmq.POLLIN)],
+                                     max(0, int((wake - now) * 1000)))
                 frames = self._socket.recv_multipart(copy=False) if ready else None
             except zmq.ZMQError as exc:
                 raise _wrap_zmq("receive from", self.endpoint, exc) from None
@@ -501,7 +503,10 @@ class Server:
     def receive(self, timeout_ms: int = 0) -> Incoming | None:
         """The next valid request, or None (nothing arrived, or it was refused with an error)."""
         try:
-            if not self._socket.poll(max(timeout_ms, 0), zmq.POLLIN):
+            if self._socket.closed:  # as Socket.poll does; zmq_poll would poll fd 0 instead
+                raise zmq.ZMQError(zmq.ENOTSUP)
+            # zmq.zmq_poll, not Socket.poll: the latter builds a Poller on every call.
+            if not zmq.zmq_poll([(self._socket, zmq.POLLIN)], max(timeout_ms, 0)):
                 return None
             frames = self._socket.recv_multipart(copy=False)
         except zmq.ZMQError as exc:
