@@ -7,9 +7,10 @@ original image until :class:`HeadDataset` scales them to the input size.
 
 CEPDOF annotates whole people with rotated boxes ``[cx, cy, w, h, angle_deg]`` (angle clockwise
 in image coordinates). Looking down through a fisheye lens the head is the end of the box's long
-axis farther from the image centre; its centre lies half the short side in from that end. The
-head box is a square of side ``head_box_scale`` times the short side (0.6 by default: a head is
-roughly half to two thirds of the shoulder width seen from above).
+axis farther from the image centre; the head point comes from ``protocol.annotations``, the same
+estimate the crops use. The head box is a square of side ``head_box_scale`` times the short
+side (0.6 by default: a head is roughly half to two thirds of the shoulder width seen from
+above).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
+from protocol.annotations import AnnotationError, head_from_rbox
+from protocol.annotations import load_cepdof as read_cepdof
 from refiner_daemon.detector.config import DatasetSpec
 
 
@@ -44,42 +47,33 @@ class HeadSample:
 
 def cepdof_head_box(person_box: Sequence[float], image_width: int, image_height: int,
                     head_box_scale: float = 0.6) -> np.ndarray:
-    """The head square (``xyxy``) of one CEPDOF rotated person box ``[cx, cy, w, h, angle_deg]``."""
-    cx, cy, w, h, angle_deg = (float(v) for v in person_box[:5])
-    theta = math.radians(angle_deg)
-    # Unit vectors of the box's own axes after a clockwise rotation in y-down image coordinates:
-    # the "height" axis starts pointing up (0, -1), the "width" axis right (1, 0).
-    height_axis = np.array([math.sin(theta), -math.cos(theta)])
-    width_axis = np.array([math.cos(theta), math.sin(theta)])
-    long_axis, long_side, short_side = (height_axis, h, w) if h >= w else (width_axis, w, h)
-    centre = np.array([cx, cy])
-    outward = centre - np.array([image_width / 2.0, image_height / 2.0])
-    if float(outward @ long_axis) < 0:
-        long_axis = -long_axis
-    head_centre = centre + long_axis * (long_side / 2.0 - short_side / 2.0)
-    half = head_box_scale * short_side / 2.0
-    return np.concatenate([head_centre - half, head_centre + half])
+    """The head square (``xyxy``) of one CEPDOF rotated person box ``[cx, cy, w, h, angle_deg]``:
+    centred on the head point the crops use (``protocol.annotations.head_from_rbox``, so the
+    detector and the refiner agree on where a head is), ``head_box_scale`` x the short side."""
+    rbox = tuple(float(v) for v in person_box[:5])
+    head_xy, _ = head_from_rbox(rbox, ((image_width - 1) / 2.0, (image_height - 1) / 2.0))
+    half = head_box_scale * min(rbox[2], rbox[3]) / 2.0
+    return np.array([head_xy[0] - half, head_xy[1] - half, head_xy[0] + half, head_xy[1] + half])
 
 
 def load_cepdof(folder: Path, head_box_scale: float = 0.6) -> list[HeadSample]:
-    """Read a CEPDOF folder (``annotations.json`` plus the frames) into head samples."""
-    data = _read_json(folder / "annotations.json")
-    boxes_by_image: dict[str, list[np.ndarray]] = {}
-    images = {str(image["id"]): image for image in data.get("images", [])}
-    for annotation in data.get("annotations", []):
-        image = images.get(str(annotation["image_id"]))
-        if image is None:
-            raise DatasetError(f"{folder}/annotations.json: annotation for unknown image {annotation['image_id']!r}")
-        bbox = annotation.get("bbox", [])
-        if len(bbox) != 5:
-            raise DatasetError(f"{folder}/annotations.json: CEPDOF boxes are [cx, cy, w, h, angle], got {bbox}")
-        boxes_by_image.setdefault(str(image["id"]), []).append(
-            cepdof_head_box(bbox, int(image["width"]), int(image["height"]), head_box_scale))
-    return [
-        HeadSample(folder / image["file_name"], int(image["width"]), int(image["height"]),
-                   np.array(boxes_by_image.get(image_id, []), dtype=np.float64).reshape(-1, 4))
-        for image_id, image in images.items()
-    ]
+    """Read a CEPDOF folder (``annotations.json`` plus the frames) into head samples, through
+    the shared reader ``protocol.annotations.load_cepdof``."""
+    try:
+        images = read_cepdof(folder)
+    except AnnotationError as exc:
+        raise DatasetError(str(exc)) from exc
+    samples = []
+    for image in images:
+        boxes = []
+        for person in image.persons:
+            assert person.rbox is not None  # CEPDOF persons always carry their rotated box
+            half = head_box_scale * min(person.rbox[2], person.rbox[3]) / 2.0
+            x, y = person.head_xy
+            boxes.append([x - half, y - half, x + half, y + half])
+        samples.append(HeadSample(image.path, image.width, image.height,
+                                  np.array(boxes, dtype=np.float64).reshape(-1, 4)))
+    return samples
 
 
 def load_rendered_coco(folder: Path) -> list[HeadSample]:
