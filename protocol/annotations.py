@@ -2,10 +2,20 @@
 
 * ``load_cepdof(folder)``: a CEPDOF-style folder (``annotations.json``: COCO-like, one rotated
   person box ``bbox = [cx, cy, w, h, angle_degrees]`` per person). CEPDOF annotates people,
-  not heads; the head is estimated from the box (see :func:`head_from_rbox`).
+  not heads.
 * ``load_rendered_coco(folder)``: our renderer's ``coco.json`` with head points, head boxes,
   rotated boxes and uncompressed-RLE person masks.
 * ``load_annotations(folder)`` picks the reader by the file it finds.
+
+One head rule for every domain. A detector trained on rendered heads and scored on real ones
+must see heads defined the same way on both sides, and a refiner must see the same framing.
+So ``PersonAnnotation.head_xy`` and ``head_box`` come from :func:`head_from_rbox` for every
+person that has a rotated box, real or rendered: the head point at the outer end of the box's
+long axis, the head box a square of ``HEAD_BOX_SCALE`` x the box's short side around it. The
+renderer's exact head (the projected 3D head centre and head sphere) is kept beside it as
+``rendered_head_xy`` / ``rendered_head_box``, to check the rule against
+(``tests/test_head_rule.py``); it is used as the head only for a rendered person without a
+rotated box.
 
 Rotated-box convention (checked by drawing the boxes on the CEPDOF frames): the box's corners
 are ``c + R(angle) @ (+-w/2, +-h/2)`` with ``R(a) = [[cos a, -sin a], [sin a, cos a]]`` in image
@@ -31,6 +41,9 @@ CEPDOF_FILE = "annotations.json"
 RENDERED_COCO_FILE = "coco.json"
 HEAD_FROM_RBOX = "estimated_from_rbox"
 HEAD_ANNOTATED = "annotated"
+# Side of the head square as a fraction of the person box's short side: seen from above a
+# head is roughly half to two thirds of the shoulder width. One number for every domain.
+HEAD_BOX_SCALE = 0.6
 # Below this long/short side ratio a rotated person box has no reliable long axis.
 NEAR_SQUARE_RATIO = 1.25
 
@@ -44,7 +57,9 @@ class PersonAnnotation:
     """One person in one image. ``head_xy`` in source pixels; boxes ``[x, y, w, h]``;
     ``rbox`` ``[cx, cy, w, h, angle_degrees]``; ``segmentation`` an uncompressed COCO RLE of
     the visible person mask or ``None``. ``head_source`` says whether the head was annotated
-    or estimated from the rotated box."""
+    or estimated from the rotated box (the one head rule, see the module docstring);
+    ``rendered_head_xy``/``rendered_head_box`` hold a rendered person's exact head and
+    ``head_in_view`` whether it lies inside the image circle (``None`` for real people)."""
 
     head_xy: tuple[float, float]
     head_box: tuple[float, float, float, float] | None
@@ -54,6 +69,9 @@ class PersonAnnotation:
     person_id: int | None
     visibility: float | None
     head_source: str
+    rendered_head_xy: tuple[float, float] | None = None
+    rendered_head_box: tuple[float, float, float, float] | None = None
+    head_in_view: bool | None = None
 
     @property
     def mask(self) -> np.ndarray | None:
@@ -101,13 +119,16 @@ def rbox_mask(rbox: tuple[float, ...], width: int, height: int) -> np.ndarray:
     return mask
 
 
-def head_from_rbox(rbox: tuple[float, ...], center_xy: tuple[float, float]
+def head_from_rbox(rbox: tuple[float, ...], center_xy: tuple[float, float],
+                   box_scale: float = HEAD_BOX_SCALE,
                    ) -> tuple[tuple[float, float], tuple[float, float, float, float]]:
-    """Estimate a head point and head box from a rotated person box seen from above.
+    """The head point and head box ``[x, y, w, h]`` of a rotated person box seen from above:
+    the one head rule every domain uses (module docstring).
 
     The head is at the end of the box's long axis farther from the image centre, half the
-    box's short side in from that end; the head box is a square of the short side around it
-    (a rough estimate, good enough for crops; not a head annotation). A box centred exactly
+    box's short side in from that end; the head box is a square of ``box_scale`` x the short
+    side around it (an estimate: checked against rendered 3D heads in
+    ``tests/test_head_rule.py``, not a head annotation). A box centred exactly
     on the image centre takes the end toward +y of the box's own long axis. Boxes whose
     sides differ by less than ``NEAR_SQUARE_RATIO`` use the box axis closest to the radial
     direction and put the head a quarter of that side in from its outer end (checked by eye
@@ -133,9 +154,14 @@ def head_from_rbox(rbox: tuple[float, ...], center_xy: tuple[float, float]
         axis = -axis
     head = np.array([cx, cy]) + axis * offset
     head_xy = (float(head[0]), float(head[1]))
-    head_box = (head_xy[0] - short_side / 2, head_xy[1] - short_side / 2,
-                float(short_side), float(short_side))
+    side = float(box_scale * short_side)
+    head_box = (head_xy[0] - side / 2, head_xy[1] - side / 2, side, side)
     return head_xy, head_box
+
+
+def image_centre(width: int, height: int) -> tuple[float, float]:
+    """The centre the head rule measures "outward" from: the middle of the pixel grid."""
+    return (width - 1) / 2.0, (height - 1) / 2.0
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -205,8 +231,7 @@ def load_cepdof(folder: str | Path) -> list[ImageAnnotations]:
         image_id = _annotation_image(entry, images, where)
         rbox = _numbers(entry.get("bbox"), 5, f"{where}.bbox [cx, cy, w, h, angle_degrees]")
         info = images[image_id]
-        centre = ((info["width"] - 1) / 2.0, (info["height"] - 1) / 2.0)
-        head_xy, head_box = head_from_rbox(rbox, centre)
+        head_xy, head_box = head_from_rbox(rbox, image_centre(info["width"], info["height"]))
         corners = rbox_corners(rbox)
         lo, hi = corners.min(axis=0), corners.max(axis=0)
         person_id = entry.get("person_id")
@@ -255,12 +280,21 @@ def load_rendered_coco(folder: str | Path) -> list[ImageAnnotations]:
             segmentation = None
         visibility = entry.get("visibility")
         instance_id = entry.get("instance_id")
+        if rbox is not None:
+            rule_xy, rule_box = head_from_rbox(rbox, image_centre(info["width"], info["height"]))
+            source = HEAD_FROM_RBOX
+        else:  # an older set without rotated boxes: the exact head is all there is
+            rule_xy, rule_box, source = head_xy, head_box, HEAD_ANNOTATED  # type: ignore[assignment]
+        in_view = entry.get("head_in_view")
         persons.setdefault(image_id, []).append(PersonAnnotation(
-            head_xy=head_xy, head_box=head_box, rbox=rbox, bbox=bbox,  # type: ignore[arg-type]
+            head_xy=rule_xy, head_box=rule_box, rbox=rbox, bbox=bbox,  # type: ignore[arg-type]
             segmentation=segmentation,
             person_id=None if instance_id is None else int(instance_id),
             visibility=None if visibility is None else float(visibility),
-            head_source=HEAD_ANNOTATED,
+            head_source=source,
+            rendered_head_xy=head_xy,  # type: ignore[arg-type]
+            rendered_head_box=head_box,  # type: ignore[arg-type]
+            head_in_view=None if in_view is None else bool(in_view),
         ))
     return _group(images, persons)
 
@@ -279,6 +313,7 @@ def load_annotations(folder: str | Path) -> tuple[str, list[ImageAnnotations]]:
 
 
 __all__ = [
-    "AnnotationError", "ImageAnnotations", "PersonAnnotation", "RLEError", "head_from_rbox",
+    "HEAD_BOX_SCALE", "AnnotationError", "ImageAnnotations", "PersonAnnotation", "RLEError",
+    "head_from_rbox", "image_centre",
     "load_annotations", "load_cepdof", "load_rendered_coco", "rbox_corners", "rbox_mask",
 ]

@@ -9,10 +9,15 @@ Output layout (every file written atomically)::
                                      names and the CropRecord dict that inverts the crop
     OUT/config.json                  the CropDatasetConfig used
 
-Scale: with ``fit="mask"`` (the default) each crop is scaled so the person fits inside it
-(thesis section 5.10 fix), using the person mask where there is one and the rotated person
-box otherwise (CEPDOF). ``mask_coverage`` in each record then reports how much of that mask
-(or box) the crop holds. With ``fit="none"`` every crop is ``min_scale`` source px per crop px.
+The crop rule, one for every domain (rendered and real), so that a refiner sees the same
+framing on both sides of its unpaired training set: the head point and the scale both come
+from the person's rotated box. The head follows ``protocol.annotations``'s head rule, and with
+``fit="rbox"`` (the default) the scale is the smallest at which the whole rotated box fits
+inside the crop (thesis section 5.10 fix: no body cut in half). ``fit="mask"`` fits the
+person mask instead where there is one (rendered data only: real sets have no masks, so this
+frames the two domains differently; kept for rendered-only work); ``fit="none"`` uses one
+fixed scale, ``min_scale`` source px per crop px, as in the thesis. ``mask_coverage`` in each
+record reports how much of the fitted region the crop holds.
 
 Run ``python -m protocol.crop_dataset --help`` for the CLI.
 """
@@ -38,9 +43,11 @@ from protocol.fileio import atomic_write_bytes, atomic_write_json
 
 RECORDS_FORMAT_VERSION = 1
 FIT_MODES = {
+    "rbox": "scale each crop so the person's rotated box fits (the same rule in every domain)",
     "mask": "scale each crop so the person's mask (or, without one, its rotated box) fits",
     "none": "one fixed scale (min_scale) for every crop, as in the thesis",
 }
+DEFAULT_FIT = "rbox"
 CONTACT_SHEET_MAX_BYTES = 400_000
 
 
@@ -49,7 +56,7 @@ class CropDatasetConfig:
     """How crops are cut; saved as ``config.json`` beside the dataset."""
 
     size: tuple[int, int] = DEFAULT_CROP_SIZE
-    fit: str = "mask"
+    fit: str = DEFAULT_FIT
     min_scale: float = 1.0
     max_scale: float | None = None
     fit_margin_px: float = DEFAULT_FEATHER_PX
@@ -83,14 +90,20 @@ def _load_rgb(path: Path) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def _fit_mask(person: PersonAnnotation, width: int, height: int) -> tuple[np.ndarray | None, bool]:
-    """The mask the crop scale is fitted to, and whether it is a real person mask."""
-    mask = person.mask
-    if mask is not None:
-        return mask, True
+def fit_region(person: PersonAnnotation, width: int, height: int, fit: str = DEFAULT_FIT
+               ) -> np.ndarray | None:
+    """The full-frame region a person's crop is scaled to fit (the crop rule, module
+    docstring): the rotated box with ``fit="rbox"``, the person mask (or the box where there
+    is no mask) with ``fit="mask"``. With ``fit="none"`` the caller fixes the scale and the
+    box only measures coverage. ``None`` when the person has neither. Every tool that cuts
+    person crops (this module, ``batch_refine``, the add-on's preview) frames through here."""
+    if fit not in FIT_MODES:
+        raise ValueError(f"fit {fit!r} unknown; valid: {sorted(FIT_MODES)}")
+    if fit == "mask" and person.segmentation is not None:
+        return person.mask
     if person.rbox is not None:
-        return rbox_mask(person.rbox, width, height), False
-    return None, False
+        return rbox_mask(person.rbox, width, height)
+    return person.mask
 
 
 def build_crop_dataset(
@@ -118,12 +131,11 @@ def build_crop_dataset(
         for index, person in enumerate(image.persons):
             bar.update(1)
             name = f"{image.path.stem}_{index}.png"
-            fit_mask, is_person_mask = _fit_mask(person, image.width, image.height)
+            region = fit_region(person, image.width, image.height, config.fit)
             try:
                 crop, record = crop_person(
                     pixels, person.head_xy, size=config.size, image_id=image.image_id,
-                    mask=fit_mask,  # fitted to with fit="mask"; coverage is reported either way
-                    scale=config.min_scale if config.fit == "none" else None,
+                    mask=region, scale=config.min_scale if config.fit == "none" else None,
                     min_scale=config.min_scale, max_scale=config.max_scale,
                     fit_margin_px=config.fit_margin_px, antialias=config.antialias,
                 )
@@ -132,8 +144,9 @@ def build_crop_dataset(
                 continue
             atomic_write_bytes(out / "crops" / name, _png_bytes(crop))
             mask_file = None
-            if is_person_mask and fit_mask is not None:
-                crop_space = crop_mask(fit_mask, record, antialias=config.antialias)
+            person_mask = person.mask
+            if person_mask is not None:
+                crop_space = crop_mask(person_mask, record, antialias=config.antialias)
                 mask_file = f"masks/{name}"
                 atomic_write_bytes(out / mask_file,
                                    _png_bytes(np.rint(crop_space * 255).astype(np.uint8)))
@@ -240,7 +253,7 @@ masks/ (rendered data only), records.json and config.json.""",
     parser.add_argument("out", type=Path, help="output folder (created)")
     parser.add_argument("--size", type=_size, default=DEFAULT_CROP_SIZE,
                         help="crop size N or WxH, even (default 128)")
-    parser.add_argument("--fit", choices=sorted(FIT_MODES), default="mask",
+    parser.add_argument("--fit", choices=sorted(FIT_MODES), default=DEFAULT_FIT,
                         help="; ".join(f"{k}: {v}" for k, v in FIT_MODES.items()))
     parser.add_argument("--min-scale", type=float, default=1.0,
                         help="smallest scale, source px per crop px (default 1)")

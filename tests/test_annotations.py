@@ -59,8 +59,8 @@ def test_head_is_the_outer_end_of_the_long_axis(direction_deg: int, box_angle_of
     head, head_box = head_from_rbox(rbox, centre)
     expected = box_centre + 100 * np.array([math.cos(phi), math.sin(phi)])
     np.testing.assert_allclose(head, expected, atol=1e-6)
-    assert head_box[2] == head_box[3] == 100.0
-    np.testing.assert_allclose([head_box[0] + 50, head_box[1] + 50], expected, atol=1e-6)
+    assert head_box[2] == head_box[3] == pytest.approx(60.0)  # HEAD_BOX_SCALE x the short side
+    np.testing.assert_allclose([head_box[0] + 30, head_box[1] + 30], expected, atol=1e-6)
 
 
 def _write_cepdof(folder: Path, annotations: list[dict]) -> None:
@@ -142,9 +142,15 @@ def test_load_rendered_coco_reads_heads_boxes_and_masks(tmp_path: Path) -> None:
     assert len(image.persons) == 2
     for person, mask in zip(image.persons, masks):
         np.testing.assert_array_equal(person.mask, mask)
-        assert person.head_source == "annotated" and person.visibility == 0.8
+        assert person.head_source == "estimated_from_rbox" and person.visibility == 0.8
     first = image.persons[0]
-    assert first.head_xy == (14.5, 8.0) and first.head_box == (11.5, 5.0, 6.0, 6.0)
+    # The renderer's exact head is kept; the head itself follows the one rule, as for real
+    # people: rbox (14.5, 17, 10 x 20, upright) left of and above the centre (31.5, 23.5), so
+    # the head is the top end, half the short side (5) in; box 0.6 x 10 = 6 px.
+    assert first.rendered_head_xy == (14.5, 8.0)
+    assert first.rendered_head_box == (11.5, 5.0, 6.0, 6.0)
+    np.testing.assert_allclose(first.head_xy, (14.5, 12.0))
+    np.testing.assert_allclose(first.head_box, (11.5, 9.0, 6.0, 6.0))
     assert first.person_id == 10 and first.bbox == (10.0, 5.0, 10.0, 25.0)
     assert load_annotations(tmp_path)[0] == "rendered_coco"
 

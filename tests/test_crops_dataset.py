@@ -65,7 +65,7 @@ def test_build_writes_crops_masks_and_invertible_records(rendered, tmp_path: Pat
     assert summary["skipped"][0]["person_index"] == 3 and "empty" in summary["skipped"][0]["reason"]
     data = json.loads((out / "records.json").read_text())
     assert data["source_format"] == "rendered_coco" and data["config"]["size"] == [48, 48]
-    assert json.loads((out / "config.json").read_text())["fit"] == "mask"
+    assert json.loads((out / "config.json").read_text())["fit"] == "rbox"
     assert [item["crop_file"] for item in data["items"]] == [
         "crops/000001_0.png", "crops/000001_1.png", "crops/000001_2.png"]
     crops, records = [], []
@@ -100,7 +100,7 @@ def test_fixed_scale_mode_cuts_at_min_scale(rendered, tmp_path: Path) -> None:
 def test_config_names_the_bad_field() -> None:
     with pytest.raises(ValueError, match="size must be two positive even"):
         CropDatasetConfig(size=(127, 128))
-    with pytest.raises(ValueError, match=r"fit 'box' unknown; valid: \['mask', 'none'\]"):
+    with pytest.raises(ValueError, match=r"fit 'box' unknown; valid: \['mask', 'none', 'rbox'\]"):
         CropDatasetConfig(fit="box")
     with pytest.raises(ValueError, match="max_scale"):
         CropDatasetConfig(min_scale=2.0, max_scale=1.0)
@@ -124,3 +124,37 @@ def test_cli_builds_and_teaches(rendered, tmp_path: Path, capsys) -> None:
     assert "neither coco.json" in capsys.readouterr().err
     assert main([str(folder), str(tmp_path / "y"), "--size", "47", "--quiet"]) == 2
     assert "even" in capsys.readouterr().err
+
+
+def test_one_crop_rule_frames_rendered_and_real_people_alike(tmp_path: Path) -> None:
+    """A rendered person and a real (CEPDOF) person with the same rotated box get the same
+    crop: same head point, angle and scale, although the rendered one also carries an exact
+    3D head and a mask that is smaller than the box (the refiner's two domains must be framed
+    by one rule)."""
+    frame = _frame()
+    rbox = [120.0, 80.0, 14.0, 40.0, -35.0]
+    rendered, real = tmp_path / "rendered", tmp_path / "real"
+    (rendered / "images").mkdir(parents=True)
+    real.mkdir()
+    Image.fromarray(frame).save(rendered / "images" / "f.png")
+    Image.fromarray(frame).save(real / "f.png")
+    image = {"id": 1, "width": SIZE[0], "height": SIZE[1]}
+    mask = _person((128.0, 66.0), (112.0, 92.0))
+    (rendered / "coco.json").write_text(json.dumps({
+        "images": [{**image, "file_name": "images/f.png"}], "categories": [],
+        "annotations": [{"id": 1, "image_id": 1, "bbox": [0, 0, 1, 1], "rbox": rbox,
+                         "head_point": [129.0, 63.0], "head_bbox": [126, 60, 6, 6],
+                         "segmentation": rle_encode(mask), "instance_id": 1}]}))
+    (real / "annotations.json").write_text(json.dumps({
+        "images": [{**image, "file_name": "f.png"}], "categories": [],
+        "annotations": [{"image_id": 1, "bbox": rbox, "person_id": 1}]}))
+    records = []
+    for source in (rendered, real):
+        build_crop_dataset(source, tmp_path / f"crops_{source.name}", CropDatasetConfig(size=(48, 48)),
+                           progress=False)
+        (item,) = json.loads((tmp_path / f"crops_{source.name}" / "records.json").read_text())["items"]
+        records.append(CropRecord.from_dict(item["record"]))
+    synthetic, real_record = records
+    assert synthetic.head_xy == pytest.approx(real_record.head_xy)
+    assert synthetic.angle_rad == pytest.approx(real_record.angle_rad)
+    assert synthetic.scale == pytest.approx(real_record.scale)

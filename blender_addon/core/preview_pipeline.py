@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from protocol.annotations import head_from_rbox, image_centre, rbox_mask
 from protocol.crops import CropRecord, crop_person, reinsert
 from protocol.errors import ProtocolError
 from protocol.messages import ErrorReply, RefineReply, RefineRequest
@@ -60,6 +61,7 @@ class PersonBoxes:
     head_xy: tuple[float, float]
     bbox: tuple[float, float, float, float]  # x, y, w, h (COCO)
     head_bbox: tuple[float, float, float, float] | None
+    rbox: tuple[float, float, float, float, float] | None = None  # cx, cy, w, h, angle_deg
 
 
 @dataclass(frozen=True)
@@ -75,11 +77,13 @@ class RenderedFrame:
 
 def _boxes(annotation: dict[str, Any]) -> PersonBoxes:
     head_bbox = annotation.get("head_bbox")
+    rbox = annotation.get("rbox")
     return PersonBoxes(
         instance_id=int(annotation["instance_id"]),
         head_xy=(float(annotation["head_point"][0]), float(annotation["head_point"][1])),
         bbox=tuple(float(v) for v in annotation["bbox"]),  # type: ignore[arg-type]
         head_bbox=tuple(float(v) for v in head_bbox) if head_bbox else None,  # type: ignore[arg-type]
+        rbox=tuple(float(v) for v in rbox) if rbox else None,  # type: ignore[arg-type]
     )
 
 
@@ -134,16 +138,22 @@ class CropSet:
 
 
 def cut_crops(frame: RenderedFrame, crop_size: Sequence[int] = PREVIEW_CROP_SIZE) -> CropSet:
-    """One upright crop per visible person, scaled so the whole visible body fits."""
+    """One upright crop per visible person, cut by the crop rule the refiner was trained with
+    (``protocol.crop_dataset``: head and scale from the rotated person box), or fitted to the
+    visible mask for a frame written before rotated boxes existed."""
     crops: list[np.ndarray] = []
     records: list[CropRecord] = []
     ids: list[int] = []
+    height, width = frame.instance_ids.shape
     for person in frame.people:
         mask = frame.instance_ids == person.instance_id
         if not mask.any():
             continue
-        crop, record = crop_person(frame.image, person.head_xy, size=tuple(crop_size),
-                                   center_xy=frame.center_xy, mask=mask,
+        head_xy, region = person.head_xy, mask
+        if person.rbox is not None:
+            head_xy, _ = head_from_rbox(person.rbox, image_centre(width, height))
+            region = rbox_mask(person.rbox, width, height)
+        crop, record = crop_person(frame.image, head_xy, size=tuple(crop_size), mask=region,
                                    image_id=f"{frame.name}:{person.instance_id}")
         crops.append(crop)
         records.append(record)
