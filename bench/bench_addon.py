@@ -43,7 +43,7 @@ def ensure_frame() -> Path:
 
 
 def export_model(models: Path) -> str:
-    from refiner_daemon.training import ModelSpec, export_refiner
+    from refiner_daemon.refiner.training import ModelSpec, export_refiner
 
     spec = ModelSpec(architecture="aggan", width=32, n_blocks=9, attention_width=32, crop_size=(256, 128))
     export_refiner(models / "aggan32.pt", spec, spec.build_generator(), spec.build_attention(), name="aggan32")

@@ -55,16 +55,16 @@ from protocol.coco import rle_encode
 from protocol.fileio import atomic_write_bytes, atomic_write_json
 from protocol.messages import RefineReply, RefineRequest
 from protocol.transport import Client
-from refiner_daemon.batch_refine import (
+from refiner_daemon.refiner.batch_refine import (
     BatchRefineConfig,
     RefinerIdentity,
     refine_dataset,
     refine_frame,
 )
-from refiner_daemon.models import ResnetGenerator
-from refiner_daemon.server import DaemonServer, ServerConfig
-from refiner_daemon.service import RefinerService, ServiceConfig
-from refiner_daemon.training import ModelSpec, export_refiner
+from refiner_daemon.refiner.networks import ResnetGenerator
+from refiner_daemon.refiner.training import ModelSpec, export_refiner
+from refiner_daemon.serve.server import DaemonServer, ServerConfig
+from refiner_daemon.serve.service import RefinerService, ServiceConfig
 
 SIDE, CROPS, CLIENTS, CROPS_PER_CLIENT = 64, 16, 8, 2
 REPEATS = 9

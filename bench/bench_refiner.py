@@ -1,10 +1,10 @@
 """Refiner benchmark: training step time and inference throughput against plain baselines.
 
 - Training: one CycleGAN step (preset C_CP: G, F, D_X, D_Y, LSGAN + cyclic L1, Adam) of
-  :class:`refiner_daemon.training.RefinerTrainer` (with its default bfloat16 autocast, used on
+  :class:`refiner_daemon.refiner.training.RefinerTrainer` (with its default bfloat16 autocast, used on
   CUDA and on CPUs with native bf16, and with ``amp=False``) against a plain fp32 eager
   implementation of the same step written here, same architecture, batch and crop size.
-- Inference: crops/s of :class:`refiner_daemon.inference.Refiner` (batched, inference mode, fp32
+- Inference: crops/s of :class:`refiner_daemon.refiner.inference.Refiner` (batched, inference mode, fp32
   and, where the CPU has native bf16, bfloat16 with its measured difference from fp32) against a
   batch-1 fp32 eager loop under ``torch.no_grad``.
 
@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 from bench.report import print_table, write_result
-from refiner_daemon import losses as L
-from refiner_daemon.inference import Refiner, cpu_has_native_bf16
-from refiner_daemon.models import PatchDiscriminator, ResnetGenerator
-from refiner_daemon.training import ModelSpec, RefinerConfig, RefinerTrainer, export_refiner
+from refiner_daemon.refiner import losses as L
+from refiner_daemon.refiner.inference import Refiner, cpu_has_native_bf16
+from refiner_daemon.refiner.networks import PatchDiscriminator, ResnetGenerator
+from refiner_daemon.refiner.training import ModelSpec, RefinerConfig, RefinerTrainer, export_refiner
 
 WIDTH, N_BLOCKS, DISC_WIDTH, CROP = 32, 9, 32, 128
 TRAIN_CROP, TRAIN_BATCH, TRAIN_STEPS, TRAIN_REPEATS = 128, 1, 1, 3

@@ -94,8 +94,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from refiner_daemon.server import DaemonServer, ServerConfig
-    from refiner_daemon.service import RefinerService, ServiceConfig, ServiceError
+    from refiner_daemon.serve.server import DaemonServer, ServerConfig
+    from refiner_daemon.serve.service import RefinerService, ServiceConfig, ServiceError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     curve = None
@@ -196,10 +196,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_refine(args: argparse.Namespace) -> int:
-    """Refine a rendered dataset through a running daemon (``refiner_daemon.batch_refine``)."""
+    """Refine a rendered dataset through a running daemon (``refiner_daemon.refiner.batch_refine``)."""
     from protocol.annotations import AnnotationError
     from protocol.errors import DaemonUnreachableError, RemoteError
-    from refiner_daemon.batch_refine import (
+    from refiner_daemon.refiner.batch_refine import (
         BatchRefineConfig,
         BatchRefineError,
         RefinerIdentity,
@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Training runs in this process, without a daemon; `refiner-daemon serve` runs the same
     # trainer as a background job when a client asks for one.
-    from refiner_daemon.train_refiner import add_train_parser, run_from_args
+    from refiner_daemon.refiner.train import add_train_parser, run_from_args
 
     add_train_parser(commands).set_defaults(run=run_from_args)
     return parser

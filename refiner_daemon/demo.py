@@ -7,7 +7,7 @@ user would run it, so the demo doubles as a worked example (``out/demo/commands.
 every command it ran). The target ("real") domain comes from ``--real DIR`` (annotated real
 frames: CEPDOF-style ``annotations.json`` or our own ``coco.json``); without it the demo
 builds a STAND-IN target domain: the same renders seen through a photographic camera model
-(``refiner_daemon.standin_domain``). The stand-in is named as such in every output.
+(``refiner_daemon.evaluation.standin_domain``). The stand-in is named as such in every output.
 
 Stages whose outputs already exist are skipped, so an interrupted demo resumes. The daemon
 is always shut down when the demo ends, on error and on Ctrl-C too.
@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from protocol.fileio import atomic_write_json, atomic_write_text
-from refiner_daemon.standin_domain import CameraModel, apply_camera_model
+from refiner_daemon.evaluation.standin_domain import CameraModel, apply_camera_model
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SCENE = PROJECT_ROOT / "scenes" / "sample_office"
@@ -331,7 +331,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     run_dir, models = out / "refiner_run", out / "models"
     if not (run_dir / "refiner.pt").is_file():
         runner.run("train refiner", _python(
-            "refiner_daemon.train_refiner", "--run-dir", str(run_dir),
+            "refiner_daemon.refiner.train", "--run-dir", str(run_dir),
             "--synthetic", str(out / "crops_synthetic"), "--real", str(out / "crops_target"),
             "--preset", cfg.refiner_preset, "--width", str(cfg.refiner_width),
             "--disc-width", str(cfg.refiner_width), "--n-blocks", str(cfg.refiner_blocks),

@@ -103,10 +103,10 @@ class _StepTrainer:
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real refiner daemon on loopback with a tiny AGGAN refiner (width 8)."""
     torch = pytest.importorskip("torch")
-    from refiner_daemon.models import AttentionNet, ResnetGenerator
-    from refiner_daemon.server import DaemonServer, ServerConfig
-    from refiner_daemon.service import RefinerService, ServiceConfig
-    from refiner_daemon.training import ModelSpec, export_refiner
+    from refiner_daemon.refiner.networks import AttentionNet, ResnetGenerator
+    from refiner_daemon.refiner.training import ModelSpec, export_refiner
+    from refiner_daemon.serve.server import DaemonServer, ServerConfig
+    from refiner_daemon.serve.service import RefinerService, ServiceConfig
 
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("daemon")

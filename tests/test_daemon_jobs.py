@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from protocol.fileio import atomic_write_json
-from refiner_daemon.jobs import RECORD_NAME, JobError, JobManager
+from refiner_daemon.serve.jobs import RECORD_NAME, JobError, JobManager
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -204,7 +204,7 @@ _KILLED_DAEMON = """
 import sys, time
 sys.path.insert(0, {tests!r})
 from test_daemon_jobs import CountingTrainer
-from refiner_daemon.jobs import JobManager
+from refiner_daemon.serve.jobs import JobManager
 manager = JobManager({state!r}, trainers={{"train_refiner": CountingTrainer(step_s=0.02)}})
 print(manager.start("train_refiner", {{"steps": 60}}).job_id, flush=True)
 time.sleep(60)
@@ -253,7 +253,7 @@ def test_real_refiner_training_job_is_published_and_served(tmp_path: Path) -> No
     folder and then used to refine crops: train -> publish -> serve."""
     from PIL import Image
 
-    from refiner_daemon.service import RefinerService, ServiceConfig, ServiceError
+    from refiner_daemon.serve.service import RefinerService, ServiceConfig, ServiceError
 
     data = tmp_path / "data"
     rng = np.random.default_rng(0)

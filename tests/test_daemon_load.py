@@ -44,8 +44,8 @@ from protocol.messages import (
 )
 from protocol.transport import Client, CurveClientKeys, CurveServerKeys, generate_keypair
 from protocol.version import PROTOCOL_VERSION
-from refiner_daemon.server import DaemonServer, ServerConfig
-from refiner_daemon.service import RefinerService, ServiceConfig
+from refiner_daemon.serve.server import DaemonServer, ServerConfig
+from refiner_daemon.serve.service import RefinerService, ServiceConfig
 
 SMALL_LIMITS = Limits(max_message_bytes=1024 * 1024, max_header_bytes=64 * 1024)
 FUZZ_MESSAGES = 10_000

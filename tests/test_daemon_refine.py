@@ -21,17 +21,17 @@ from PIL import Image
 from protocol.coco import rle_encode
 from protocol.fileio import atomic_write_json
 from refiner_daemon import cli
-from refiner_daemon.batch_refine import (
+from refiner_daemon.refiner.batch_refine import (
     BatchRefineConfig,
     BatchRefineError,
     RefinerIdentity,
     refine_dataset,
     refine_frame,
 )
-from refiner_daemon.models import ResnetGenerator
-from refiner_daemon.server import DaemonServer, ServerConfig
-from refiner_daemon.service import RefinerService, ServiceConfig
-from refiner_daemon.training import ModelSpec, export_refiner
+from refiner_daemon.refiner.networks import ResnetGenerator
+from refiner_daemon.refiner.training import ModelSpec, export_refiner
+from refiner_daemon.serve.server import DaemonServer, ServerConfig
+from refiner_daemon.serve.service import RefinerService, ServiceConfig
 
 torch.set_num_threads(2)
 SIDE, CROP = 96, 64

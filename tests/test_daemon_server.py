@@ -36,10 +36,10 @@ from protocol.messages import (
 from protocol.transport import Client
 from protocol.version import PROTOCOL_VERSION
 from refiner_daemon import cli
-from refiner_daemon.models import AttentionNet, ResnetGenerator
-from refiner_daemon.server import DaemonServer, ServerConfig
-from refiner_daemon.service import RefinerService, ServiceConfig, ServiceError
-from refiner_daemon.training import ModelSpec, export_refiner
+from refiner_daemon.refiner.networks import AttentionNet, ResnetGenerator
+from refiner_daemon.refiner.training import ModelSpec, export_refiner
+from refiner_daemon.serve.server import DaemonServer, ServerConfig
+from refiner_daemon.serve.service import RefinerService, ServiceConfig, ServiceError
 
 torch.set_num_threads(2)
 RNG = np.random.default_rng(3)
@@ -158,7 +158,7 @@ def test_service_lists_loads_evicts_and_unloads_models(tmp_path: Path) -> None:
 
 
 def test_service_refines_with_real_models(tmp_path: Path, models_dir: Path) -> None:
-    from refiner_daemon.inference import Refiner
+    from refiner_daemon.refiner.inference import Refiner
 
     service = RefinerService(ServiceConfig(models_dir=str(models_dir),
                                            state_dir=str(tmp_path), device="cpu"))

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from refiner_daemon.features import MobileNetFeatures
-from refiner_daemon.gap_report import (
+from refiner_daemon.common.features import MobileNetFeatures
+from refiner_daemon.evaluation.gap_report import (
     GapReportConfig,
     GapReportError,
     build_gap_report,
@@ -52,7 +52,7 @@ def test_discrepancy_map_marks_the_planted_patch(tmp_path: Path) -> None:
     odd = _write_images(tmp_path / "odd", 1, seed=9, patch=True)[0]
     extractor = MobileNetFeatures()
     bank = build_reference_bank(extractor, reference, 64, "middle", torch.device("cpu"))
-    from refiner_daemon.features import load_image
+    from refiner_daemon.common.features import load_image
 
     fmap = extractor(load_image(odd, 64)[None], ["middle"])["middle"][0]
     heat = discrepancy_map(fmap, bank)  # 4 x 4 cells of 16 px; the patch covers cell (2..3, 2..3)

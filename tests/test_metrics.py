@@ -5,17 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refiner_daemon.metrics import (
+from refiner_daemon.common.distances import (
+    frechet_distance,
+    frechet_distance_gaussians,
+    kernel_inception_distance,
+    mmd_squared_unbiased,
+)
+from refiner_daemon.detector.metrics import (
     DetectionCounts,
     ImageDetections,
     box_iou,
     choose_confidence_threshold,
     evaluate_at_threshold,
-    frechet_distance,
-    frechet_distance_gaussians,
-    kernel_inception_distance,
     match_detections,
-    mmd_squared_unbiased,
     xywh_to_xyxy,
 )
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from refiner_daemon.detector.toydata import DiscStyle, write_disc_dataset
-from refiner_daemon.pipeline import (
+from refiner_daemon.evaluation.pipeline import (
     PipelineConfig,
     PipelineError,
     Run,

@@ -5,17 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refiner_daemon import losses as L
-from refiner_daemon import perceptual
-from refiner_daemon.image_pool import ImagePool
-from refiner_daemon.models import (
+from refiner_daemon.refiner import losses as L
+from refiner_daemon.refiner import perceptual
+from refiner_daemon.refiner.image_pool import ImagePool
+from refiner_daemon.refiner.networks import (
     AttentionNet,
     PatchDiscriminator,
     ResnetGenerator,
     composite,
     threshold_foreground,
 )
-from refiner_daemon.presets import PRESETS, get_preset
+from refiner_daemon.refiner.presets import PRESETS, get_preset
 
 torch.set_num_threads(2)
 

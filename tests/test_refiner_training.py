@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from refiner_daemon import perceptual
-from refiner_daemon.data import CropFolder, list_crop_files
-from refiner_daemon.inference import MAX_MEAN_ABS_DIFF, Refiner
-from refiner_daemon.models import ResnetGenerator
-from refiner_daemon.train_refiner import main as cli_main
-from refiner_daemon.training import (
+from refiner_daemon.refiner import perceptual
+from refiner_daemon.refiner.data import CropFolder, list_crop_files
+from refiner_daemon.refiner.inference import MAX_MEAN_ABS_DIFF, Refiner
+from refiner_daemon.refiner.networks import ResnetGenerator
+from refiner_daemon.refiner.train import main as cli_main
+from refiner_daemon.refiner.training import (
     ModelSpec,
     RefinerConfig,
     RefinerTrainer,
@@ -283,7 +283,7 @@ def test_refine_uint8_batches_and_attention(tmp_path: Path) -> None:
     spec = ModelSpec(architecture="aggan", width=8, n_blocks=1, attention_width=4,
                      crop_size=(32, 32))
     torch.manual_seed(4)
-    from refiner_daemon.models import AttentionNet
+    from refiner_daemon.refiner.networks import AttentionNet
     path = export_refiner(tmp_path / "a.pt", spec, ResnetGenerator(width=8, n_blocks=1),
                           AttentionNet(width=4))
     refiner = Refiner.load(path, precision="fp32", max_batch=2)

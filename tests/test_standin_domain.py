@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refiner_daemon.standin_domain import CameraModel, apply_camera_model
+from refiner_daemon.evaluation.standin_domain import CameraModel, apply_camera_model
 
 
 def test_degradation_darkens_corners_warms_and_adds_noise() -> None:

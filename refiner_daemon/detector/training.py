@@ -21,6 +21,8 @@ import torch
 from tqdm import tqdm
 
 from protocol.fileio import atomic_write_json
+from refiner_daemon.common.checkpoints import load_checkpoint
+from refiner_daemon.common.devices import resolve_device
 from refiner_daemon.detector.anchors import kmeans_anchor_shapes
 from refiner_daemon.detector.config import DetectorConfig
 from refiner_daemon.detector.data import (
@@ -31,8 +33,8 @@ from refiner_daemon.detector.data import (
     load_samples,
 )
 from refiner_daemon.detector.evaluate import collect_detections
+from refiner_daemon.detector.metrics import choose_confidence_threshold
 from refiner_daemon.detector.model import HeadDetector, save_checkpoint, squeezedet_loss
-from refiner_daemon.metrics import choose_confidence_threshold
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -41,14 +43,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for, but CUDA is not available; use device='cpu' or 'auto'")
-    return torch.device(name)
 
 
 def training_anchor_shapes(samples: list[HeadSample], input_size: int, k: int, seed: int) -> np.ndarray:
@@ -172,7 +166,7 @@ def train_detector(cfg: DetectorConfig, *, on_progress: ProgressCallback | None 
 
 
 def _load_resume_state(path: Path) -> dict[str, Any]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path, what="checkpoint to resume")
     for key in ("optimizer", "scheduler", "epochs_completed", "history"):
         if key not in state:
             raise ValueError(f"{path} is not a resumable checkpoint (no {key!r}); start a fresh run")
