@@ -205,3 +205,112 @@ def test_heading_turns_the_person_to_face_that_direction(scene: dict) -> None:
     assert abs(np.angle(np.exp(1j * (facing - 1.0)))) < np.radians(12)
     # The armature object's own turn about Z is the heading, so moved people can be read back.
     assert handle.armature.matrix_world.to_euler("XYZ").z == pytest.approx(1.0, abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitted MakeHuman garments and hair (../shared/data/makehuman_assets).
+
+
+@pytest.fixture(scope="module")
+def asset_library(shared_data: Path):
+    from blender_addon.core.garments import AssetLibrary
+
+    root = shared_data / "makehuman_assets"
+    if not (root / "base" / "clothes").is_dir():
+        pytest.skip(f"MakeHuman assets not found at {root}; see ../shared/data/README.md")
+    return AssetLibrary(root)
+
+
+def _dressed_person(asset_library, seed: int, kind: str, location, name: str) -> humans.PersonHandle:
+    rng = np.random.default_rng(seed)
+    params = sample_person_params(rng)
+    return humans.create_person(params, sample_pose(rng, kind), name=name, location=location,
+                                heading_rad=0.3, pass_index=30, asset_library=asset_library)
+
+
+def test_dressed_person_wears_fitted_assets_with_shoes_on_the_floor(scene: dict, asset_library) -> None:
+    from blender_addon.core import garments
+
+    handle = _dressed_person(asset_library, 21, "standing", (10.0, 0.0, 0.0), "dressed")
+    outfit = handle.record["outfit"]
+    assert outfit["suit"] and outfit["shoes"] and outfit["assets_root"]
+    names = [o.name for o in handle.objects]
+    assert f"dressed_clothes_{outfit['suit']}" in names and f"dressed_clothes_{outfit['shoes']}" in names
+    assert all(o.pass_index == 30 for o in handle.objects)
+    body = next(o for o in handle.objects if o.name.endswith("_body"))
+    shoes = next(o for o in handle.objects if o.name.endswith(outfit["shoes"]))
+    suit = next(o for o in handle.objects if o.name.endswith(outfit["suit"]))
+    # Shoes stand on the floor (the hidden soles of the feet are inside them).
+    assert humans._world_vertices(shoes)[:, 2].min() == pytest.approx(0.0, abs=2e-3)
+    # The hidden faces are gone and the remaining ones kept their order and material slots.
+    part = core_body.parts()["body"]
+    worn = [asset_library.get(c, n) for c, n in garments.Outfit(
+        outfit["suit"], outfit["shoes"], outfit["hat"], outfit["hair"]).assets()]
+    hidden = garments.hidden_body_faces(part.faces, part.vertex_index, worn)
+    assert len(body.data.polygons) == int((~hidden).sum()) < len(part.faces) * 0.8
+    got = np.array([tuple(p.vertices) for p in body.data.polygons])
+    np.testing.assert_array_equal(got, part.faces[~hidden])
+    # The suit follows the armature: posed suit vertices stay near the posed body.
+    suit_world = humans._world_vertices(suit)[::20]
+    body_world = humans._world_vertices(body)
+    d = np.sqrt(((suit_world[:, None, :] - body_world[None, ::3, :]) ** 2).sum(axis=2).min(axis=1))
+    assert np.median(d) < 0.04
+    assert {"top", "bottom"} <= {m.name.removeprefix("FH_") for m in suit.data.materials}
+    humans.remove_person(handle)
+
+
+def test_dressed_person_sits_with_shoes_above_the_floor(scene: dict, asset_library) -> None:
+    handle = _dressed_person(asset_library, 22, "sitting", (12.0, 0.0, 0.45), "dressed_sit")
+    shoes = next(o for o in handle.objects if o.name.endswith(handle.record["outfit"]["shoes"]))
+    assert humans._world_vertices(shoes)[:, 2].min() >= -0.01
+    assert 1.0 <= handle.head_world[2] <= 1.5
+    humans.remove_person(handle)
+
+
+@pytest.mark.slow
+def test_person_with_garments_renders(scene: dict, asset_library, tmp_path: Path) -> None:
+    """Rendered from the side, the garments fill the silhouette: hiding them leaves holes
+    where the body's covered faces were removed."""
+    from blender_addon.bl import scene_build
+
+    handle = _dressed_person(asset_library, 23, "standing", (20.0, 0.0, 0.0), "render_me")
+    others = [o for o in bpy.data.objects if o.get("fh_person") != "render_me"]
+    for obj in others:
+        obj.hide_render = True
+    cam = bpy.data.objects.new("garment_cam", bpy.data.cameras.new("garment_cam"))
+    cam.data.type = "ORTHO"
+    cam.data.ortho_scale = 2.2
+    cam.location = (20.0, -10.0, 1.0)
+    cam.rotation_euler = (np.pi / 2, 0.0, 0.0)
+    bpy.context.scene.collection.objects.link(cam)
+    scene_ = bpy.context.scene
+    scene_.camera = cam
+    scene_.render.engine = "CYCLES"
+    scene_.cycles.device = "CPU"
+    scene_.cycles.samples = 2
+    scene_.render.resolution_x = scene_.render.resolution_y = 96
+    scene_.view_layers[0].use_pass_object_index = True
+    if scene_.world is None:
+        scene_.world = bpy.data.worlds.new("garment_world")
+    scene_.world.use_nodes = True
+    scene_.world.node_tree.nodes["Background"].inputs["Color"].default_value = (1.0, 1.0, 1.0, 1.0)
+    scene_.world.node_tree.nodes["Background"].inputs["Strength"].default_value = 1.0
+    try:
+        coverage = {}
+        for garments_visible in (True, False):
+            for obj in handle.objects:
+                if "_clothes_" in obj.name:
+                    obj.hide_render = not garments_visible
+            layers = scene_build.render_layers(tmp_path)
+            passes = next(iter(layers.values()))
+            coverage[garments_visible] = int((np.rint(passes["Object Index"]) == 30).sum())
+            if garments_visible:
+                colour = passes["Combined"][..., :3][np.rint(passes["Object Index"]) == 30]
+                assert np.isfinite(colour).all() and colour.mean() > 0.01
+        assert coverage[True] > 400
+        assert coverage[True] > coverage[False] * 1.1
+    finally:
+        for obj in others:
+            obj.hide_render = False
+        bpy.data.objects.remove(cam)
+        humans.remove_person(handle)

@@ -129,3 +129,21 @@ def test_config_round_trips_and_validates() -> None:
         BatchConfig(scene=SCENE, count=1, human_backend="mblab")
     with pytest.raises(BatchError, match="unknown preset 'best'"):
         batch.preset("best")
+
+
+def test_assets_flag_is_resolved_into_the_run_config(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from blender_addon.core import garments
+
+    monkeypatch.delenv(garments.ENV_VAR, raising=False)
+    assert run(_args(tmp_path / "o", "--assets", str(tmp_path)), _fake_backend()) == 2
+    assert "is not a MakeHuman asset folder" in capsys.readouterr().err
+    assert run(_args(tmp_path / "o", "--no-assets", "--dry-run"), _fake_backend()) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["assets"] is None
+    fake = tmp_path / "assets"
+    (fake / "base" / "clothes").mkdir(parents=True)
+    monkeypatch.setenv(garments.ENV_VAR, str(fake))
+    assert run(_args(tmp_path / "o", "--dry-run"), _fake_backend()) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["assets"] == str(fake.resolve())
+    with pytest.raises(BatchError, match="not a MakeHuman asset folder"):
+        BatchConfig(scene=SCENE, count=1, assets=str(tmp_path / "nowhere"))

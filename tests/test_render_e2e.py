@@ -107,4 +107,11 @@ def test_frame_json_is_a_replayable_manifest(dataset_dir: Path) -> None:
         assert person["params"]["phenotype"] and person["pose"]["kind"] == person["kind"]
         assert made["pass_index"] == person["pass_index"]
     assert record["camera"]["cycles"]["panorama_type"] == "FISHEYE_LENS_POLYNOMIAL"
-    assert json.loads((dataset_dir / "run_config.json").read_text())["config"]["seed"] == 5
+    config = json.loads((dataset_dir / "run_config.json").read_text())["config"]
+    assert config["seed"] == 5
+    # With the MakeHuman assets found (the default search), every person's outfit is recorded.
+    if config["assets"]:
+        for made in manifest["people"]:
+            assert made["outfit"]["suit"] and made["outfit"]["assets_root"] == config["assets"]
+    else:
+        assert all(made["outfit"] is None for made in manifest["people"])

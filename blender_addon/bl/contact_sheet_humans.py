@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 
 from blender_addon.bl import humans
 from blender_addon.core.bvh import PoseLibrary
+from blender_addon.core.garments import AssetLibrary, find_assets_root
 from blender_addon.core.human_params import sample_person_params, sample_pose
 from protocol.fileio import atomic_write_bytes, atomic_write_json
 
@@ -68,7 +69,8 @@ def _render(scene: bpy.types.Scene, camera: bpy.types.Object, width: int, height
     return Image.open(path).convert("RGB")
 
 
-def build_sheet(out: Path, count: int, seed: int, mocap: Path | None, samples: int, per_row: int) -> list[dict]:
+def build_sheet(out: Path, count: int, seed: int, mocap: Path | None, samples: int, per_row: int,
+                assets: AssetLibrary | None = None) -> list[dict]:
     scene = _setup_scene(samples)
     library = PoseLibrary(mocap) if mocap else None
     rng = np.random.default_rng(seed)
@@ -85,7 +87,8 @@ def build_sheet(out: Path, count: int, seed: int, mocap: Path | None, samples: i
         y = row * 10.0  # rows far apart so each renders alone
         z = SEAT_HEIGHT if kind == "sitting" else 0.0
         handle = humans.create_person(params, pose, name=f"person_{i:02d}", location=(x, y, z),
-                                      heading_rad=0.0, pass_index=i + 1, library=library)
+                                      heading_rad=0.0, pass_index=i + 1, library=library,
+                                      asset_library=assets)
         row_objects[row].extend(handle.objects)
         if kind == "sitting":
             bpy.ops.mesh.primitive_cube_add(size=1.0, location=(x - 0.05, y, SEAT_HEIGHT / 2))
@@ -145,10 +148,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--mocap", type=Path, default=None, help="folder of BVH files for standing poses")
     parser.add_argument("--samples", type=int, default=16, help="Cycles samples (default 16)")
+    parser.add_argument("--assets", default=None,
+                        help="MakeHuman asset folder (garments, hair); default $FISHEYE_SYNTH_MAKEHUMAN_ASSETS "
+                             "or ../shared/data/makehuman_assets when present")
+    parser.add_argument("--no-assets", action="store_true", help="painted clothing and shell hair only")
     args = parser.parse_args(argv)
     if args.count < 1 or args.per_row < 1:
         parser.error("--count and --per-row must be at least 1")
-    records = build_sheet(args.out, args.count, args.seed, args.mocap, args.samples, args.per_row)
+    root = None if args.no_assets else find_assets_root(args.assets)
+    assets = AssetLibrary(root) if root else None
+    print(f"assets: {root or 'none (painted clothing)'}")
+    records = build_sheet(args.out, args.count, args.seed, args.mocap, args.samples, args.per_row, assets)
     print(f"wrote {args.out} with {len(records)} people")
     return 0
 

@@ -23,6 +23,7 @@ import bpy
 import numpy as np
 from mathutils import Matrix, Quaternion, Vector
 
+from blender_addon.core import garments
 from blender_addon.core.body import (  # noqa: F401  (re-exported: the names this module had)
     HAIR_CUTS,
     INSTALL_HINT,
@@ -46,6 +47,7 @@ from blender_addon.core.body import (  # noqa: F401  (re-exported: the names thi
     warm_targets,
 )
 from blender_addon.core.bvh import Bvh, PoseLibrary, retarget, rotation_to_quaternion
+from blender_addon.core.garments import AssetLibrary, Fitting, Outfit
 from blender_addon.core.human_params import PersonParams, PoseChoice
 from blender_addon.core.posing import resolve_pose
 
@@ -128,15 +130,44 @@ def _garment_material(name: str, prefix: str) -> bpy.types.Material:
     links.new(_attribute(nodes, f"{prefix}_a"), mix.inputs["A"])
     links.new(_attribute(nodes, f"{prefix}_b"), mix.inputs["B"])
     links.new(mix.outputs["Result"], bsdf.inputs["Base Color"])
-    bsdf.inputs["Roughness"].default_value = 0.85
-    # Fine fabric weave bump.
-    weave = nodes.new("ShaderNodeTexNoise")
-    weave.inputs["Scale"].default_value = 400.0
-    bump = nodes.new("ShaderNodeBump")
-    bump.inputs["Strength"].default_value = 0.15
-    links.new(weave.outputs["Fac"], bump.inputs["Height"])
-    links.new(bump.outputs["Normal"], bsdf.inputs["Normal"])
+    _fabric_surface(nodes, links, bsdf)
     return material
+
+
+def _fabric_surface(nodes: bpy.types.Nodes, links: bpy.types.NodeLinks, bsdf: bpy.types.Node,
+                    thread_scale: float = 350.0) -> None:
+    """Woven cloth without texture images: a weave of crossed thread bands as a bump, fibre
+    noise on top, patchy roughness (worn and creased areas shine differently) and sheen."""
+    coords = nodes.new("ShaderNodeTexCoord").outputs["Object"]
+    bands = []
+    for direction in ("X", "Z"):
+        wave = nodes.new("ShaderNodeTexWave")
+        wave.wave_type = "BANDS"
+        wave.bands_direction = direction
+        wave.wave_profile = "SIN"
+        wave.inputs["Scale"].default_value = thread_scale
+        links.new(coords, wave.inputs["Vector"])
+        bands.append(wave.outputs["Fac"])
+    weave = _math(nodes, links, "MULTIPLY", bands[0], bands[1])
+    fibres = nodes.new("ShaderNodeTexNoise")
+    fibres.inputs["Scale"].default_value = 900.0
+    links.new(coords, fibres.inputs["Vector"])
+    height = _math(nodes, links, "ADD", weave, _math(nodes, links, "MULTIPLY", fibres.outputs["Fac"], 0.5))
+    bump = nodes.new("ShaderNodeBump")
+    bump.inputs["Strength"].default_value = 0.2
+    bump.inputs["Distance"].default_value = 0.001
+    links.new(height, bump.inputs["Height"])
+    links.new(bump.outputs["Normal"], bsdf.inputs["Normal"])
+    patches = nodes.new("ShaderNodeTexNoise")
+    patches.inputs["Scale"].default_value = 6.0
+    links.new(coords, patches.inputs["Vector"])
+    roughness = nodes.new("ShaderNodeMapRange")
+    roughness.inputs["To Min"].default_value = 0.68
+    roughness.inputs["To Max"].default_value = 0.95
+    links.new(patches.outputs["Fac"], roughness.inputs["Value"])
+    links.new(roughness.outputs["Result"], bsdf.inputs["Roughness"])
+    bsdf.inputs["Sheen Weight"].default_value = 0.35
+    bsdf.inputs["Sheen Roughness"].default_value = 0.4
 
 
 def _skin_material(name: str) -> bpy.types.Material:
@@ -176,6 +207,32 @@ def _hair_material(name: str) -> bpy.types.Material:
     return material
 
 
+def _mh_hair_material(name: str) -> bpy.types.Material:
+    """MakeHuman hair meshes: Principled Hair BSDF (Chiang), melanin parametrisation, so the
+    colour comes from melanin and redness like real hair (see ``garments.hair_pigment``)."""
+    material = bpy.data.materials.new(name)
+    material.use_nodes = True
+    nodes, links = material.node_tree.nodes, material.node_tree.links
+    for node in [n for n in nodes if n.type == "BSDF_PRINCIPLED"]:
+        nodes.remove(node)
+    output = next(n for n in nodes if n.type == "OUTPUT_MATERIAL")
+    hair = nodes.new("ShaderNodeBsdfHairPrincipled")
+    hair.parametrization = "MELANIN"
+    links.new(_attribute(nodes, "fh_hair_melanin", "Fac"), hair.inputs["Melanin"])
+    links.new(_attribute(nodes, "fh_hair_redness", "Fac"), hair.inputs["Melanin Redness"])
+    links.new(_attribute(nodes, "fh_hair_roughness", "Fac"), hair.inputs["Roughness"])
+    hair.inputs["Random Color"].default_value = 0.1
+    links.new(hair.outputs[0], output.inputs["Surface"])
+    return material
+
+
+def _hat_material(name: str) -> bpy.types.Material:
+    material, nodes, links, bsdf = _new_material(name)
+    links.new(_attribute(nodes, "fh_hat"), bsdf.inputs["Base Color"])
+    _fabric_surface(nodes, links, bsdf, thread_scale=500.0)
+    return material
+
+
 def materials() -> dict[str, bpy.types.Material]:
     """The shared materials, created on first use in this Blender session."""
     builders = {
@@ -185,6 +242,8 @@ def materials() -> dict[str, bpy.types.Material]:
         "shoes": lambda n: _flat_material(n, "fh_shoes", 0.6),
         "eyes": lambda n: _flat_material(n, "fh_eyes", 0.1),
         "hair": lambda n: _hair_material(n),
+        "hair_mh": lambda n: _mh_hair_material(n),
+        "hat": lambda n: _hat_material(n),
     }
     out = {}
     for key, build in builders.items():
@@ -228,6 +287,73 @@ def _template(part_name: str) -> bpy.types.Mesh:
         mesh.materials.append(mats["hair"])
     return mesh
 
+
+
+def _add_vertex_groups(mesh: bpy.types.Mesh, weights: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    # Vertex groups live on the mesh since Blender 3.0; a throwaway object writes them.
+    holder = bpy.data.objects.new(mesh.name, mesh)
+    for bone, (idx, w) in weights.items():
+        group = holder.vertex_groups.new(name=bone)
+        for vertex, weight in zip(idx.tolist(), w.tolist()):
+            group.add([vertex], weight, "REPLACE")
+    bpy.data.objects.remove(holder)
+
+
+def _asset_template(fitting: Fitting) -> bpy.types.Mesh:
+    """A MakeHuman asset fitted to the base mesh, with UVs, transferred skin weights and its
+    material slots; built once per session and copied per person like the body."""
+    name = f"{_TEMPLATE_PREFIX}{fitting.category}_{fitting.name}"
+    existing = bpy.data.meshes.get(name)
+    if existing is not None:
+        return existing
+    data = assets()
+    mesh = bpy.data.meshes.new(name)
+    mesh.from_pydata(garments.fit(fitting, data.base).tolist(), [], fitting.faces())
+    mesh.polygons.foreach_set("use_smooth", np.ones(len(mesh.polygons), dtype=bool))
+    uv = mesh.uv_layers.new(name="UVMap")
+    uv.data.foreach_set("uv", fitting.uv.astype(np.float32).ravel())
+    mesh.use_fake_user = True
+    _add_vertex_groups(mesh, garments.transfer_weights(fitting, data.weights, len(data.base)))
+    mats = materials()
+    if fitting.category == "hair":
+        mesh.materials.append(mats["hair_mh"])
+    elif "hats" in fitting.tags:
+        mesh.materials.append(mats["hat"])
+    elif "shoes" in fitting.tags or fitting.name.startswith("shoes"):
+        mesh.materials.append(mats["shoes"])
+    else:
+        # A suit: the faces over the pelvis and legs are its trousers or skirt (second colour).
+        mesh.materials.append(mats["top"])
+        mesh.materials.append(mats["bottom"])
+        lower = garments.lower_body_vertices(data.weights, len(data.base)).astype(np.int64)
+        mesh.polygons.foreach_set("material_index", garments.face_slots(fitting, lower))
+    mesh.update()
+    return mesh
+
+
+def _body_template(hidden: np.ndarray, key: str) -> bpy.types.Mesh:
+    """The body template without the faces the worn garments hide (cached per garment set).
+
+    Only faces go; every vertex stays, so vertex indices (regions, the seat and foot masks)
+    mean the same on every body."""
+    if not hidden.any():
+        return _template("body")
+    name = f"{_TEMPLATE_PREFIX}body_minus_{key}"
+    existing = bpy.data.meshes.get(name)
+    if existing is not None:
+        return existing
+    import bmesh  # Blender-only module
+
+    mesh = _template("body").copy()
+    mesh.name = name
+    bm = bmesh.new()
+    bm.from_mesh(mesh)
+    bm.faces.ensure_lookup_table()
+    bmesh.ops.delete(bm, geom=[bm.faces[i] for i in np.flatnonzero(hidden).tolist()], context="FACES_ONLY")
+    bm.to_mesh(mesh)
+    bm.free()
+    mesh.use_fake_user = True
+    return mesh
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,9 +410,9 @@ def _pose_armature(arm: bpy.types.Object, bvh: Bvh, frame: int) -> None:
         pose_bone.location = (0.0, 0.0, 0.0)
 
 
-def _mesh_object(name: str, part_name: str, verts: np.ndarray, arm: bpy.types.Object,
+def _mesh_object(name: str, part_name: str | bpy.types.Mesh, verts: np.ndarray, arm: bpy.types.Object,
                  collection: bpy.types.Collection) -> bpy.types.Object:
-    mesh = _template(part_name).copy()
+    mesh = (_template(part_name) if isinstance(part_name, str) else part_name).copy()
     mesh.name = name
     mesh.use_fake_user = False
     mesh.vertices.foreach_set("co", verts.astype(np.float32).ravel())
@@ -315,6 +441,7 @@ def _world_vertices(obj: bpy.types.Object) -> np.ndarray:
 
 def _set_person_properties(objects: list, params: PersonParams) -> None:
     values = shader_values(params)
+    values.update(garments.outfit_shader_values(params))
     for obj in objects:
         for key, value in values.items():
             obj[key] = value
@@ -330,12 +457,23 @@ def create_person(
     pass_index: int,
     library: PoseLibrary | None = None,
     collection: bpy.types.Collection | None = None,
+    asset_library: AssetLibrary | None = None,
 ) -> PersonHandle:
-    """Build one posed, clothed person; on any error nothing of it is left in the scene."""
+    """Build one posed, clothed person; on any error nothing of it is left in the scene.
+
+    With ``asset_library`` (MakeHuman garments, shoes, hats, hair) the person wears fitted
+    assets chosen from their parameters (:func:`garments.choose_outfit`); without it, or for
+    a piece the library lacks, the painted clothing and the hair shell of ``core.body``.
+    """
     if not 0 <= pass_index < 2**15:
         raise ValueError(f"pass_index {pass_index} out of range 0..32767")
     bvh, frame = resolve_pose(pose, library)  # validates the pose before building anything
     warm_caches()  # raises HumanDataError before anything is created
+    outfit: Outfit | None = None
+    worn: list[Fitting] = []
+    if asset_library is not None:
+        outfit = garments.choose_outfit(params, asset_library)
+        worn = [asset_library.get(category, asset) for category, asset in outfit.assets()]  # parse errors here
     collection = collection or bpy.context.scene.collection
     created: list[bpy.types.Object] = []
     try:
@@ -344,21 +482,38 @@ def create_person(
         arm = _build_armature(f"{name}_rig", joints, collection)
         created.append(arm)
         slots = body_material_indices(params.top.style, params.bottom.style)
-        body_verts = dress(verts[parts()["body"].vertex_index], slots, params)
-        body = _mesh_object(f"{name}_body", "body", body_verts, arm, collection)
+        skin = MATERIAL_SLOTS.index("skin")
+        if outfit is not None and outfit.suit:
+            slots = np.where(np.isin(slots, [MATERIAL_SLOTS.index("top"), MATERIAL_SLOTS.index("bottom")]),
+                             skin, slots)
+        if outfit is not None and outfit.shoes:
+            slots = np.where(slots == MATERIAL_SLOTS.index("shoes"), skin, slots)
+        body_part = parts()["body"]
+        body_verts = dress(verts[body_part.vertex_index], slots, params)
+        hidden = garments.hidden_body_faces(body_part.faces, body_part.vertex_index, worn)
+        body_mesh = _body_template(hidden, "+".join(f.name for f in worn if len(f.delete_verts)))
+        body = _mesh_object(f"{name}_body", body_mesh, body_verts, arm, collection)
         created.append(body)
-        body.data.polygons.foreach_set("material_index", slots)
-        if params.hair_style != "none":
+        body.data.polygons.foreach_set("material_index", slots[~hidden])
+        feet: list[bpy.types.Object] = []
+        for fitting in worn:
+            obj = _mesh_object(f"{name}_{fitting.category}_{fitting.name}", _asset_template(fitting),
+                               garments.fit(fitting, verts), arm, collection)
+            created.append(obj)
+            if fitting.name == outfit.shoes:
+                feet.append(obj)
+        mesh_hair = outfit is not None and outfit.hair is not None
+        if params.hair_style != "none" and not mesh_hair:
             hair_verts = hair_vertices(verts, joints, params.hair_style, params.hair_volume)
             created.append(_mesh_object(f"{name}_hair", f"hair_{params.hair_style}", hair_verts, arm, collection))
-        if params.bottom.style == "skirt":
+        if params.bottom.style == "skirt" and not (outfit is not None and outfit.suit):
             skirt_verts = verts[parts()["skirt"].vertex_index]
             created.append(_mesh_object(f"{name}_skirt", "skirt", skirt_verts, arm, collection))
         _set_person_properties(created, params)
         _pose_armature(arm, bvh, frame)
-        leg_fit = _fit_sitting_legs(arm, body, location[2]) if pose.kind == "sitting" else None
+        leg_fit = _fit_sitting_legs(arm, body, location[2], feet) if pose.kind == "sitting" else None
         head_world, top_world, pelvis_world = _place(arm, body, pose.kind, location, heading_rad,
-                                                     leg_fit["seat_offset_m"] if leg_fit else 0.0)
+                                                     leg_fit["seat_offset_m"] if leg_fit else 0.0, feet)
         for obj in created:
             obj.pass_index = pass_index
             obj["fh_person"] = name
@@ -372,6 +527,9 @@ def create_person(
         "head_world": head_world.tolist(), "head_top_world": top_world.tolist(),
         "pelvis_world": pelvis_world.tolist(), "location": list(location), "heading_rad": heading_rad,
         "params": params.to_dict(),
+        "outfit": None if outfit is None else {
+            **outfit.to_dict(), "assets_root": str(asset_library.root),
+            "hair_pigment": garments.hair_pigment(params) if outfit.hair else None},
     }
     return PersonHandle(name=name, objects=created, armature=arm, head_world=head_world,
                         pass_index=pass_index, record=record)
@@ -380,7 +538,8 @@ def create_person(
 FOOT_DANGLE_TOLERANCE = 0.02  # metres a seated person's lowest foot point may float
 
 
-def _fit_sitting_legs(arm: bpy.types.Object, body: bpy.types.Object, seat_height: float) -> dict[str, float]:
+def _fit_sitting_legs(arm: bpy.types.Object, body: bpy.types.Object, seat_height: float,
+                      feet: list | None = None) -> dict[str, float]:
     """Bend the legs so the feet meet the floor from this seat height.
 
     A seat too low for the legs would push the feet through the floor: the knees extend
@@ -409,7 +568,8 @@ def _fit_sitting_legs(arm: bpy.types.Object, body: bpy.types.Object, seat_height
                 arm.pose.bones[bone].rotation_quaternion = q @ Quaternion((1, 0, 0), math.radians(angle))
         bpy.context.view_layer.update()
         world = _world_vertices(body)
-        return float(world[foot_mask, 2].min() - (world[pelvis_mask, 2].min() - seat_offset) + seat_height)
+        lowest = min([float(world[foot_mask, 2].min())] + [float(_world_vertices(o)[:, 2].min()) for o in feet or ()])
+        return float(lowest - (world[pelvis_mask, 2].min() - seat_offset) + seat_height)
 
     def bisect(evaluate, limit: float) -> float:
         """Smallest |angle| up to ``limit`` (sign included) with evaluate(angle) >= 0."""
@@ -442,7 +602,8 @@ def _fit_sitting_legs(arm: bpy.types.Object, body: bpy.types.Object, seat_height
 
 
 def _place(arm: bpy.types.Object, body: bpy.types.Object, kind: str, location: tuple[float, float, float],
-           heading_rad: float, seat_offset: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+           heading_rad: float, seat_offset: float = 0.0,
+           feet: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Turn the person to ``heading_rad`` and put feet on the floor or hips on the seat."""
     # Posed bodies face the armature's +X, so facing (cos h, sin h) is a turn of h about +Z.
     arm.rotation_euler = (0.0, 0.0, heading_rad)
@@ -453,7 +614,8 @@ def _place(arm: bpy.types.Object, body: bpy.types.Object, kind: str, location: t
     if kind == "sitting":
         bottom = world[region_mask("pelvis"), 2].min() - seat_offset
     else:
-        bottom = world[:, 2].min()
+        # Shoes reach below the (hidden) soles of the feet: the lowest of both stands on z = 0.
+        bottom = min([float(world[:, 2].min())] + [float(_world_vertices(o)[:, 2].min()) for o in feet or ()])
     arm.location = (location[0] - pelvis[0], location[1] - pelvis[1], location[2] - bottom)
     bpy.context.view_layer.update()
     head = arm.pose.bones["Head"]

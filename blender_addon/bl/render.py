@@ -87,6 +87,11 @@ class FrameRenderer:
             from blender_addon.core.bvh import PoseLibrary
 
             self.pose_library = PoseLibrary(config.pose_library)
+        self.asset_library = None
+        if config.assets and config.human_backend == "mpfb2":
+            from blender_addon.core.garments import AssetLibrary
+
+            self.asset_library = AssetLibrary(config.assets)
         scene_build.reset_blender()
         render = config.render
         self.device = scene_build.configure_cycles(scene_build.CyclesOptions(
@@ -123,7 +128,8 @@ class FrameRenderer:
                     handle = humans.create_person(
                         person.params, person.pose, name=person.name, location=person.location,
                         heading_rad=person.heading_rad, pass_index=person.pass_index,
-                        library=self.pose_library, collection=collection)
+                        library=self.pose_library, collection=collection,
+                        asset_library=self.asset_library)
                 except BaseException:
                     bpy.data.collections.remove(collection)
                     raise

@@ -97,6 +97,8 @@ class BatchConfig:
     human_backend: str = "mpfb2"
     pose_library: str | None = None  # folder of BVH files for standing poses; None = built-ins
     head_radius_m: float = 0.11
+    # MakeHuman asset folder (fitted garments, shoes, hats, hair); None = painted clothing.
+    assets: str | None = None
 
     def __post_init__(self) -> None:
         if self.count < 1:
@@ -107,6 +109,9 @@ class BatchConfig:
             raise BatchError(f"human_backend must be one of {HUMAN_BACKENDS}, got {self.human_backend!r}")
         if self.pose_library is not None and not Path(self.pose_library).is_dir():
             raise BatchError(f"pose_library {self.pose_library!r} is not a folder of .bvh files")
+        if self.assets is not None and not (Path(self.assets) / "base" / "clothes").is_dir():
+            raise BatchError(f"assets {self.assets!r} is not a MakeHuman asset folder (expected base/clothes "
+                             "inside it); see ../shared/data/README.md, or render without assets")
         if not 0.02 <= self.head_radius_m <= 0.3:
             raise BatchError(f"head_radius_m must be in [0.02, 0.3], got {self.head_radius_m}")
 

@@ -80,6 +80,11 @@ def build_parser(prog: str = "python -m blender_addon.bl.cli_entry") -> argparse
                            "for fast pipeline tests")
     what.add_argument("--pose-library", help="folder of CMU BVH files for standing poses "
                                              "(default: built-in poses), e.g. ../shared/data/mocap")
+    what.add_argument("--assets", metavar="DIR",
+                      help="MakeHuman asset folder with fitted garments, shoes, hats and hair (default: "
+                           "$FISHEYE_SYNTH_MAKEHUMAN_ASSETS, else ../shared/data/makehuman_assets when present; "
+                           "without one, people wear painted clothing)")
+    what.add_argument("--no-assets", action="store_true", help="painted clothing even when assets are found")
     quality = parser.add_argument_group("quality (a preset, then overrides)")
     quality.add_argument("--preset", default="default", choices=sorted(batch.PRESETS),
                          help="fast: 512 px, 16 samples; default: 1024 px, adaptive 64 samples + "
@@ -122,9 +127,18 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         adaptive_threshold=args.adaptive_threshold, denoise=args.denoise,
         motion_blur_shutter=args.motion_blur, device=args.device)
     placement = PlacementConfig(sitting_range=tuple(args.sitting), standing_range=tuple(args.standing))  # type: ignore[arg-type]
+    assets = None
+    if not getattr(args, "no_assets", False) and args.human_backend == "mpfb2":
+        from blender_addon.core.garments import AssetError, find_assets_root
+
+        try:
+            root = find_assets_root(getattr(args, "assets", None))
+        except AssetError as exc:
+            raise BatchError(str(exc)) from exc
+        assets = str(root.resolve()) if root is not None else None
     return BatchConfig(scene=str(args.scene), count=args.count, seed=args.seed, preset=args.preset,
                        render=render, placement=placement, human_backend=args.human_backend,
-                       pose_library=args.pose_library)
+                       pose_library=args.pose_library, assets=assets)
 
 
 @dataclass

@@ -44,7 +44,7 @@ from blender_addon.core.scene_edit import alignment_overlay, save_scene, write_w
 from blender_addon.core.scene_format import SceneSpec
 from blender_addon.core.scene_format import load_scene as read_scene
 from blender_addon.ui import runtime, scene_objects
-from blender_addon.ui.preferences import user_dir
+from blender_addon.ui.preferences import makehuman_assets, user_dir
 from protocol.errors import ProtocolError
 from protocol.messages import (
     ErrorReply,
@@ -131,7 +131,8 @@ def batch_config(*, count: int = 1, seed: int = 0, sitting: tuple[int, int] = (1
                        render=render, placement=PlacementConfig(sitting_range=tuple(sitting),
                                                                 standing_range=tuple(standing)),
                        human_backend="proxy" if backend == "proxy" else "mpfb2",
-                       pose_library=pose_library or None)
+                       pose_library=pose_library or None,
+                       assets=None if backend == "proxy" else makehuman_assets())
 
 
 def populate(*, seed: int, sitting: tuple[int, int], standing: tuple[int, int], backend: str,

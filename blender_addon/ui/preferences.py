@@ -83,8 +83,15 @@ class FSYNTH_AP_preferences(bpy.types.AddonPreferences):
         name="Client secret key", default="", subtype="PASSWORD",
         description="This client's CURVE secret key (Z85); make a pair with `refiner-daemon keygen`")
 
+    makehuman_assets: bpy.props.StringProperty(
+        name="MakeHuman assets", default="", subtype="DIR_PATH",
+        description="Folder with MakeHuman garments, shoes, hats and hair (base/clothes, base/hair); "
+                    "empty: $FISHEYE_SYNTH_MAKEHUMAN_ASSETS or ../shared/data/makehuman_assets, else "
+                    "painted clothing")
+
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
+        layout.prop(self, "makehuman_assets")
         layout.prop(self, "endpoint")
         row = layout.row()
         row.prop(self, "timeout_ms")
@@ -115,3 +122,19 @@ def daemon_settings(context: bpy.types.Context | None = None) -> DaemonSettings:
         return DaemonSettings()
     return DaemonSettings(prefs.endpoint, prefs.timeout_ms, prefs.retries, prefs.server_public_key.strip(),
                           prefs.client_public_key.strip(), prefs.client_secret_key.strip())
+
+
+def makehuman_assets(context: bpy.types.Context | None = None) -> str | None:
+    """The asset folder to render people with: the preference, else the default search
+    (``core.garments.find_assets_root``); None when there is none (painted clothing)."""
+    from blender_addon.core.garments import AssetError, find_assets_root
+
+    context = context or bpy.context
+    addon = context.preferences.addons.get(addon_package())
+    prefs = getattr(addon, "preferences", None) if addon is not None else None
+    explicit = bpy.path.abspath(prefs.makehuman_assets) if getattr(prefs, "makehuman_assets", "") else None
+    try:
+        root = find_assets_root(explicit)
+    except AssetError:
+        return None
+    return str(root) if root is not None else None

@@ -217,6 +217,11 @@ def populate(spec: SceneSpec, config: BatchConfig, backend: str) -> FrameRecipe:
         from blender_addon.core.bvh import PoseLibrary
 
         library = PoseLibrary(config.pose_library)
+    assets = None
+    if config.assets and backend == "mpfb2":
+        from blender_addon.core.garments import AssetLibrary
+
+        assets = AssetLibrary(config.assets)
     recipe = sample_frame_recipe(spec, config, 0, library)
     clear_people()
     people = _collection(PEOPLE_COLLECTION)
@@ -242,7 +247,7 @@ def populate(spec: SceneSpec, config: BatchConfig, backend: str) -> FrameRecipe:
             root = humans.create_person(person.params, person.pose, name=person.name,
                                         location=person.location, heading_rad=person.heading_rad,
                                         pass_index=person.pass_index, library=library,
-                                        collection=collection).armature
+                                        collection=collection, asset_library=assets).armature
         root[PERSON] = person.name
         root["fsynth_kind"] = person.kind
     return recipe
