@@ -12,6 +12,8 @@ import pytest
 
 from protocol.annotations import (
     AnnotationError,
+    HEAD_BOX_SCALE,
+    HEAD_DEPTH,
     head_from_rbox,
     load_annotations,
     load_cepdof,
@@ -57,10 +59,12 @@ def test_head_is_the_outer_end_of_the_long_axis(direction_deg: int, box_angle_of
     else:
         rbox = (*box_centre, 100.0, 300.0, angle)
     head, head_box = head_from_rbox(rbox, centre)
-    expected = box_centre + 100 * np.array([math.cos(phi), math.sin(phi)])
+    # HEAD_DEPTH x the short side (100) in from the outer end of the long side (300).
+    expected = box_centre + (150 - HEAD_DEPTH * 100) * np.array([math.cos(phi), math.sin(phi)])
     np.testing.assert_allclose(head, expected, atol=1e-6)
-    assert head_box[2] == head_box[3] == pytest.approx(60.0)  # HEAD_BOX_SCALE x the short side
-    np.testing.assert_allclose([head_box[0] + 30, head_box[1] + 30], expected, atol=1e-6)
+    assert head_box[2] == head_box[3] == pytest.approx(HEAD_BOX_SCALE * 100)
+    np.testing.assert_allclose([head_box[0] + HEAD_BOX_SCALE * 50, head_box[1] + HEAD_BOX_SCALE * 50],
+                               expected, atol=1e-6)
 
 
 def _write_cepdof(folder: Path, annotations: list[dict]) -> None:
@@ -83,10 +87,10 @@ def test_load_cepdof_estimates_heads(tmp_path: Path) -> None:
     right, top_left = image.persons
     assert right.person_id == 3 and right.head_source == "estimated_from_rbox"
     # Lying horizontally right of the centre (199.5, 149.5): head at the right end.
-    np.testing.assert_allclose(right.head_xy, (340.0, 150.0))
+    np.testing.assert_allclose(right.head_xy, (360.0 - HEAD_DEPTH * 40, 150.0))
     np.testing.assert_allclose(right.bbox, (240.0, 130.0, 120.0, 40.0))
     # Standing above the centre: head at the top end.
-    np.testing.assert_allclose(top_left.head_xy, (100.0, 40.0))
+    np.testing.assert_allclose(top_left.head_xy, (100.0, 20.0 + HEAD_DEPTH * 40))
     assert right.mask is None and right.segmentation is None
 
 
@@ -149,8 +153,9 @@ def test_load_rendered_coco_reads_heads_boxes_and_masks(tmp_path: Path) -> None:
     # the head is the top end, half the short side (5) in; box 0.6 x 10 = 6 px.
     assert first.rendered_head_xy == (14.5, 8.0)
     assert first.rendered_head_box == (11.5, 5.0, 6.0, 6.0)
-    np.testing.assert_allclose(first.head_xy, (14.5, 12.0))
-    np.testing.assert_allclose(first.head_box, (11.5, 9.0, 6.0, 6.0))
+    np.testing.assert_allclose(first.head_xy, (14.5, 7.0 + HEAD_DEPTH * 10))
+    side = HEAD_BOX_SCALE * 10
+    np.testing.assert_allclose(first.head_box, (14.5 - side / 2, 7.0 + HEAD_DEPTH * 10 - side / 2, side, side))
     assert first.person_id == 10 and first.bbox == (10.0, 5.0, 10.0, 25.0)
     assert load_annotations(tmp_path)[0] == "rendered_coco"
 

@@ -129,11 +129,12 @@ def test_rotation_augmentation_moves_boxes_with_the_pixels() -> None:
 def test_cepdof_head_is_the_outer_end_of_the_long_axis() -> None:
     # A person lying along x right of the image centre: the head is at the right end.
     box = cepdof_head_box([700, 500, 40, 200, 90.0], 1000, 1000, head_box_scale=0.5)
-    np.testing.assert_allclose((box[:2] + box[2:]) / 2, [700 + 100 - 20, 500], atol=1e-9)
+    # HEAD_DEPTH (0.17) x the short side in from the outer end.
+    np.testing.assert_allclose((box[:2] + box[2:]) / 2, [700 + 100 - 0.17 * 40, 500], atol=1e-9)
     assert box[2] - box[0] == pytest.approx(20.0)
     # The same person left of the centre: the head flips to the left end.
     box = cepdof_head_box([300, 500, 40, 200, 90.0], 1000, 1000, head_box_scale=0.5)
-    np.testing.assert_allclose((box[:2] + box[2:]) / 2, [300 - 80, 500], atol=1e-9)
+    np.testing.assert_allclose((box[:2] + box[2:]) / 2, [300 - 100 + 0.17 * 40, 500], atol=1e-9)
 
 
 @pytest.mark.realdata

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from protocol.annotations import HEAD_BOX_SCALE
+
 
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the field and a fix."""
@@ -77,7 +79,9 @@ class DetectorConfig:
     rotation: bool = True  # about the image centre, any angle: the fisheye view is rotation-symmetric
     flips: bool = True
     photometric: float = 0.2  # strength of brightness / contrast / saturation jitter, 0 disables
-    head_box_scale: float = 0.6  # CEPDOF: head square side as a fraction of the person box width
+    # Head square side as a fraction of the person box's short side, for every domain
+    # (protocol.annotations' head rule).
+    head_box_scale: float = HEAD_BOX_SCALE
     cache_images: bool = True
     device: str = "auto"
     resume: bool = False

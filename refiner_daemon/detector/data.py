@@ -9,8 +9,9 @@ CEPDOF annotates whole people with rotated boxes ``[cx, cy, w, h, angle_deg]`` (
 in image coordinates). Looking down through a fisheye lens the head is the end of the box's long
 axis farther from the image centre; the head point comes from ``protocol.annotations``, the same
 estimate the crops use. The head box is a square of side ``head_box_scale`` times the short
-side (0.6 by default: a head is roughly half to two thirds of the shoulder width seen from
-above).
+side (``protocol.annotations.HEAD_BOX_SCALE`` by default, measured on rendered heads seen from
+above). Rendered sets go through the same rule from their own rotated person boxes, so both
+domains define a head the same way (``protocol.annotations`` explains why).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,15 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
-from protocol.annotations import AnnotationError, head_from_rbox
+from protocol.annotations import (
+    HEAD_BOX_SCALE,
+    AnnotationError,
+    ImageAnnotations,
+    head_from_rbox,
+    image_centre,
+)
 from protocol.annotations import load_cepdof as read_cepdof
+from protocol.annotations import load_rendered_coco as read_rendered_coco
 from refiner_daemon.detector.config import DatasetSpec
 
 
@@ -46,56 +54,56 @@ class HeadSample:
 
 
 def cepdof_head_box(person_box: Sequence[float], image_width: int, image_height: int,
-                    head_box_scale: float = 0.6) -> np.ndarray:
-    """The head square (``xyxy``) of one CEPDOF rotated person box ``[cx, cy, w, h, angle_deg]``:
-    centred on the head point the crops use (``protocol.annotations.head_from_rbox``, so the
-    detector and the refiner agree on where a head is), ``head_box_scale`` x the short side."""
+                    head_box_scale: float = HEAD_BOX_SCALE) -> np.ndarray:
+    """The head square (``xyxy``) of one rotated person box ``[cx, cy, w, h, angle_deg]`` by the
+    one head rule of every domain (``protocol.annotations.head_from_rbox``)."""
     rbox = tuple(float(v) for v in person_box[:5])
-    head_xy, _ = head_from_rbox(rbox, ((image_width - 1) / 2.0, (image_height - 1) / 2.0))
-    half = head_box_scale * min(rbox[2], rbox[3]) / 2.0
-    return np.array([head_xy[0] - half, head_xy[1] - half, head_xy[0] + half, head_xy[1] + half])
+    _, (x, y, w, h) = head_from_rbox(rbox, image_centre(image_width, image_height), head_box_scale)
+    return np.array([x, y, x + w, y + h])
 
 
-def load_cepdof(folder: Path, head_box_scale: float = 0.6) -> list[HeadSample]:
-    """Read a CEPDOF folder (``annotations.json`` plus the frames) into head samples, through
-    the shared reader ``protocol.annotations.load_cepdof``."""
-    try:
-        images = read_cepdof(folder)
-    except AnnotationError as exc:
-        raise DatasetError(str(exc)) from exc
+def _head_samples(images: list[ImageAnnotations], head_box_scale: float) -> list[HeadSample]:
+    """Head boxes of every person by the one head rule: the same function, the same size rule
+    and the same units (source pixels) for rendered and real sets. Rendered people whose head
+    lies outside the image circle have no head to find and are left out."""
     samples = []
     for image in images:
         boxes = []
         for person in image.persons:
-            assert person.rbox is not None  # CEPDOF persons always carry their rotated box
-            half = head_box_scale * min(person.rbox[2], person.rbox[3]) / 2.0
-            x, y = person.head_xy
-            boxes.append([x - half, y - half, x + half, y + half])
+            if person.head_in_view is False:
+                continue
+            if person.rbox is not None:
+                boxes.append(cepdof_head_box(person.rbox, image.width, image.height, head_box_scale))
+            elif person.head_box is not None:  # a rendered set written before rotated boxes
+                x, y, w, h = person.head_box
+                boxes.append(np.array([x, y, x + w, y + h]))
         samples.append(HeadSample(image.path, image.width, image.height,
                                   np.array(boxes, dtype=np.float64).reshape(-1, 4)))
     return samples
 
 
-def load_rendered_coco(folder: Path) -> list[HeadSample]:
-    """Read a rendered set (``coco.json`` with ``head_bbox = [x, y, w, h]`` per person)."""
-    data = _read_json(folder / "coco.json")
-    boxes_by_image: dict[int | str, list[list[float]]] = {}
-    for annotation in data.get("annotations", []):
-        if "head_bbox" not in annotation:
-            raise DatasetError(f"{folder}/coco.json: annotation {annotation.get('id')} has no head_bbox; "
-                               "render with head annotations enabled")
-        if annotation.get("head_in_view") is False:  # head outside the image circle: no box to find
-            continue
-        x, y, w, h = (float(v) for v in annotation["head_bbox"])
-        boxes_by_image.setdefault(annotation["image_id"], []).append([x, y, x + w, y + h])
-    samples = []
-    for image in data.get("images", []):
-        path = folder / image["file_name"]
-        if not path.exists() and (folder / "images" / image["file_name"]).exists():
-            path = folder / "images" / image["file_name"]
-        samples.append(HeadSample(path, int(image["width"]), int(image["height"]),
-                                  np.array(boxes_by_image.get(image["id"], []), np.float64).reshape(-1, 4)))
-    return samples
+def load_cepdof(folder: Path, head_box_scale: float = HEAD_BOX_SCALE) -> list[HeadSample]:
+    """Read a CEPDOF folder (``annotations.json`` plus the frames) into head samples, through
+    the shared reader ``protocol.annotations.load_cepdof``."""
+    try:
+        return _head_samples(read_cepdof(folder), head_box_scale)
+    except AnnotationError as exc:
+        raise DatasetError(str(exc)) from exc
+
+
+def load_rendered_coco(folder: Path, head_box_scale: float = HEAD_BOX_SCALE) -> list[HeadSample]:
+    """Read a rendered set (``coco.json``) into head samples, through the shared reader
+    ``protocol.annotations.load_rendered_coco``: head boxes from each person's rotated box, by
+    the same rule as real frames (not the renderer's projected head sphere)."""
+    try:
+        images = read_rendered_coco(folder)
+    except AnnotationError as exc:
+        raise DatasetError(str(exc)) from exc
+    # Rendered sets keep frames in images/; some list bare file names.
+    images = [replace(image, path=folder / "images" / image.path.name)
+              if not image.path.exists() and (folder / "images" / image.path.name).exists()
+              else image for image in images]
+    return _head_samples(images, head_box_scale)
 
 
 def _read_json(path: Path) -> dict:
@@ -108,14 +116,14 @@ def _read_json(path: Path) -> dict:
         raise DatasetError(f"{path} is not valid JSON: {exc}") from exc
 
 
-def load_samples(spec: DatasetSpec, head_box_scale: float = 0.6) -> list[HeadSample]:
+def load_samples(spec: DatasetSpec, head_box_scale: float = HEAD_BOX_SCALE) -> list[HeadSample]:
     """The samples one :class:`DatasetSpec` names: format detected from the folder's files,
     narrowed to ``spec.images`` and then to ``spec.limit`` after a seeded shuffle."""
     folder = Path(spec.path)
     if not folder.is_dir():
         raise DatasetError(f"dataset folder {folder} does not exist")
     if (folder / "coco.json").exists():
-        samples = load_rendered_coco(folder)
+        samples = load_rendered_coco(folder, head_box_scale)
     elif (folder / "annotations.json").exists():
         samples = load_cepdof(folder, head_box_scale)
     else:

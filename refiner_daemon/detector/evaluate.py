@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from protocol.annotations import HEAD_BOX_SCALE
 from protocol.fileio import atomic_write_json
 from refiner_daemon.detector.config import DatasetSpec
 from refiner_daemon.detector.data import HeadDataset, collate, load_samples
@@ -57,7 +58,7 @@ def evaluate_checkpoint(checkpoint: str | Path, datasets: Sequence[DatasetSpec |
     threshold = float(confidence_threshold if confidence_threshold is not None
                       else payload.get("confidence_threshold", 0.5))
     specs = [DatasetSpec.coerce(d) for d in datasets]
-    samples = [s for spec in specs for s in load_samples(spec, float(config.get("head_box_scale", 0.6)))]
+    samples = [s for spec in specs for s in load_samples(spec, float(config.get("head_box_scale", HEAD_BOX_SCALE)))]
     dataset = HeadDataset(samples, model.input_size, augmentation=None, cache=False)
     detections = collect_detections(model, dataset, batch_size, device, float(config.get("nms_iou", 0.4)),
                                     int(config.get("max_detections", 64)))
