@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from protocol.annotations import (
-    AnnotationError,
     HEAD_BOX_SCALE,
     HEAD_DEPTH,
+    AnnotationError,
     head_from_rbox,
     load_annotations,
     load_cepdof,
