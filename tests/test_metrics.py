@@ -9,6 +9,7 @@ from refiner_daemon.common.distances import (
     frechet_distance,
     frechet_distance_gaussians,
     kernel_inception_distance,
+    kid_subset_size,
     mmd_squared_unbiased,
 )
 from refiner_daemon.detector.metrics import (
@@ -116,6 +117,24 @@ def test_kid_of_one_distribution_is_near_zero_and_grows_with_shift() -> None:
     shifted, _ = kernel_inception_distance(a, b + 1.0, subsets=20, subset_size=40)
     assert abs(same) < 0.02
     assert shifted > 10 * abs(same) + 0.05
+
+
+def test_kid_subsets_are_smaller_than_the_set_so_the_spread_is_real() -> None:
+    # Subsets as large as the set are permutations of it: every subset gives the same MMD^2
+    # and the std is 0. Half-size subsets give a spread that says how noisy the number is.
+    assert kid_subset_size(60, 80) == 30
+    assert kid_subset_size(5000, 4000) == 1000
+    assert kid_subset_size(3, 100) == 2 and kid_subset_size(2, 2) == 2
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(60, 16)), rng.normal(size=(70, 16)) + 0.5
+    mean, std = kernel_inception_distance(a, b, subsets=10)
+    assert 0.0 < std < mean
+    # A set against itself: two disjoint halves per draw, so about 0 (a shared sample's own
+    # k(x, x) in the cross term would pull it far below 0), with a spread around it.
+    own, own_std = kernel_inception_distance(a, a, subsets=20, seed=1)
+    assert abs(own) < 0.1 * mean and own_std > 0.0
+    with pytest.raises(ValueError, match="at least 2 members"):
+        kernel_inception_distance(a, b, subset_size=1)
 
 
 def test_feature_errors_say_what_is_wrong() -> None:

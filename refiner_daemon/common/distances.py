@@ -78,22 +78,52 @@ def mmd_squared_unbiased(features_a: np.ndarray, features_b: np.ndarray, degree:
     return float(within_a + within_b - 2.0 * k_ab.mean())
 
 
+KID_MAX_SUBSET = 1000
+
+
+def kid_subset_size(n_a: int, n_b: int, cap: int = KID_MAX_SUBSET) -> int:
+    """Members per KID subset: half the smaller set, at most ``cap`` (1000, as in the KID
+    paper), at least 2 (the unbiased estimate needs two per set).
+
+    Half, not all: subsets as large as the set are just permutations of it, every subset gives
+    the same MMD^2 and the reported spread is always 0. With half-size subsets the spread says
+    how much the number moves with the sample, and a set compared with itself splits into two
+    disjoint halves (see :func:`kernel_inception_distance`). Sets of 2 or 3 still get 2-member
+    subsets (the set itself for a 2-member set, so no spread there)."""
+    return max(2, min(cap, min(n_a, n_b) // 2))
+
+
 def kernel_inception_distance(
     features_a: np.ndarray,
     features_b: np.ndarray,
     subsets: int = 10,
-    subset_size: int = 1000,
+    subset_size: int | None = None,
     seed: int = 0,
     **kernel: float,
 ) -> tuple[float, float]:
-    """KID: mean and standard deviation of the unbiased MMD^2 over random subsets (without
-    replacement inside a subset); with small sets the subset is the whole set."""
+    """KID: mean and standard deviation of the unbiased MMD^2 over ``subsets`` random subsets
+    (drawn without replacement inside a subset, independently for the two sets).
+
+    ``subset_size`` defaults to :func:`kid_subset_size` (half the smaller set, at most 1000,
+    at least 2); a given size is capped at the smaller set's size. A set compared with itself
+    (equal arrays) is split: each draw takes two *disjoint* subsets of it, since a sample shared
+    by both sides puts its own k(x, x) into the cross term and drags the estimate below 0; so
+    the reference against itself reads about 0, as two samples of one distribution should."""
     a, b = _check_features(features_a, features_b, minimum=2)
-    size = min(subset_size, len(a), len(b))
+    size = kid_subset_size(len(a), len(b)) if subset_size is None else min(subset_size, len(a), len(b))
+    if size < 2:
+        raise ValueError(f"KID subsets need at least 2 members, got subset_size={subset_size}")
+    same = a.shape == b.shape and np.array_equal(a, b)
+    if same and len(a) >= 4:
+        size = min(size, len(a) // 2)
     rng = np.random.default_rng(seed)
-    values = [
-        mmd_squared_unbiased(a[rng.choice(len(a), size, replace=False)],
-                             b[rng.choice(len(b), size, replace=False)], **kernel)  # type: ignore[arg-type]
-        for _ in range(subsets)
-    ]
+    values = []
+    for _ in range(subsets):
+        if same and len(a) >= 4:
+            order = rng.permutation(len(a))
+            subset_a, subset_b = a[order[:size]], a[order[size:2 * size]]
+        else:
+            subset_a = a[rng.choice(len(a), size, replace=False)]
+            subset_b = b[rng.choice(len(b), size, replace=False)]
+        values.append(mmd_squared_unbiased(subset_a, subset_b, **kernel))  # type: ignore[arg-type]
     return float(np.mean(values)), float(np.std(values))
