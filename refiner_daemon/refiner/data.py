@@ -31,13 +31,13 @@ def list_crop_files(folder: str | Path) -> list[Path]:
     return list_images(source, what="crop folder")
 
 
-def load_crop(path: Path, crop_size: tuple[int, int]) -> np.ndarray:
-    """One crop as uint8 (H, W, 3) at ``crop_size`` = (height, width)."""
+def load_crop(path: Path, crop_size: tuple[int, int], channels: int = 3) -> np.ndarray:
+    """One crop as uint8 (H, W, channels) at ``crop_size`` = (height, width); 1 channel: grey."""
     with Image.open(path) as image:
-        image = image.convert("RGB")
+        image = image.convert("RGB" if channels == 3 else "L")
         if image.size != (crop_size[1], crop_size[0]):
             image = image.resize((crop_size[1], crop_size[0]), Image.BILINEAR)
-        return np.asarray(image, dtype=np.uint8).copy()
+        return np.asarray(image, dtype=np.uint8).reshape(crop_size[0], crop_size[1], channels).copy()
 
 
 def uint8_to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -60,10 +60,11 @@ def tensor_to_uint8(images: torch.Tensor) -> np.ndarray:
 class CropFolder:
     """The crops of one domain, decoded on first use and cached."""
 
-    def __init__(self, folder: str | Path, crop_size: tuple[int, int]) -> None:
+    def __init__(self, folder: str | Path, crop_size: tuple[int, int], channels: int = 3) -> None:
         self.files = list_crop_files(folder)
         self.crop_size = crop_size
-        per_image = crop_size[0] * crop_size[1] * 3
+        self.channels = channels
+        per_image = crop_size[0] * crop_size[1] * channels
         self._cache: dict[int, np.ndarray] | None = (
             {} if per_image * len(self.files) <= _CACHE_LIMIT_BYTES else None)
 
@@ -73,7 +74,7 @@ class CropFolder:
     def __getitem__(self, index: int) -> np.ndarray:
         if self._cache is not None and index in self._cache:
             return self._cache[index]
-        crop = load_crop(self.files[index], self.crop_size)
+        crop = load_crop(self.files[index], self.crop_size, self.channels)
         if self._cache is not None:
             self._cache[index] = crop
         return crop

@@ -171,13 +171,15 @@ class Refiner:
 
     @torch.inference_mode()
     def refine(self, crops: np.ndarray) -> RefineOutput:
-        """Refine uint8 crops (N, H, W, 3); any H, W (reflect-padded to a multiple of 4)."""
+        """Refine uint8 crops (N, H, W, C); C is the model's channels (3, or 1 for a greyscale
+        refiner); any H, W (reflect-padded to a multiple of 4)."""
+        c = self.spec.channels
         if not isinstance(crops, np.ndarray) or crops.dtype != np.uint8:
-            raise TypeError("crops must be a uint8 numpy array of shape (N, H, W, 3)")
-        if crops.ndim == 3:
+            raise TypeError(f"crops must be a uint8 numpy array of shape (N, H, W, {c})")
+        if crops.ndim == 3 and c == 3:
             raise ValueError(f"crops has shape {crops.shape}; add a batch axis: crops[None]")
-        if crops.ndim != 4 or crops.shape[-1] != 3 or min(crops.shape[1:3], default=0) < 4:
-            raise ValueError(f"crops must have shape (N, H, W, 3) with H, W >= 4; got {crops.shape}")
+        if crops.ndim != 4 or crops.shape[-1] != c or min(crops.shape[1:3], default=0) < 4:
+            raise ValueError(f"crops must have shape (N, H, W, {c}) with H, W >= 4; got {crops.shape}")
         n, h, w, _ = crops.shape
         if n == 0:
             return RefineOutput(np.zeros_like(crops),

@@ -87,18 +87,26 @@ class PatchDiscriminator(nn.Module):
 
     :meth:`features` returns the activations after each of the four blocks (layers 1-4), used by
     the discriminator-feature cyclic loss (Eq. 2.21-2.22).
+
+    ``n_strided`` (3) is how many of the first three blocks halve the resolution. For small
+    images (28x28 digits) 2 keeps a grid of patch outputs (4x4, each seeing 34x34 px) where 3
+    would leave a single output over a mostly padded 70x70 window.
     """
 
     N_FEATURE_LAYERS = 4
 
-    def __init__(self, *, width: int = 64, channels: int = 3) -> None:
+    def __init__(self, *, width: int = 64, channels: int = 3, n_strided: int = 3) -> None:
         super().__init__()
+        if n_strided not in (1, 2, 3):
+            raise ValueError(f"n_strided must be 1, 2 or 3, got {n_strided}")
         act = lambda: nn.LeakyReLU(0.2, inplace=True)
+        stride = [2 if i < n_strided else 1 for i in range(3)]
         self.blocks = nn.ModuleList([
-            nn.Sequential(nn.Conv2d(channels, width, 4, 2, 1), act()),
-            nn.Sequential(nn.Conv2d(width, width * 2, 4, 2, 1), nn.InstanceNorm2d(width * 2), act()),
-            nn.Sequential(nn.Conv2d(width * 2, width * 4, 4, 2, 1), nn.InstanceNorm2d(width * 4),
+            nn.Sequential(nn.Conv2d(channels, width, 4, stride[0], 1), act()),
+            nn.Sequential(nn.Conv2d(width, width * 2, 4, stride[1], 1), nn.InstanceNorm2d(width * 2),
                           act()),
+            nn.Sequential(nn.Conv2d(width * 2, width * 4, 4, stride[2], 1),
+                          nn.InstanceNorm2d(width * 4), act()),
             nn.Sequential(nn.Conv2d(width * 4, width * 8, 4, 1, 1), nn.InstanceNorm2d(width * 8),
                           act()),
         ])

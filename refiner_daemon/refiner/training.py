@@ -67,6 +67,8 @@ class RefinerConfig:
     crop_size: tuple[int, int] = (128, 128)  # (height, width); crops are resized to it
     width: int = 64               # generator filters in the first convolution (AGGAN paper: 32)
     disc_width: int = 64
+    disc_strided: int = 3         # stride-2 blocks of the PatchGAN (3: 70x70; 2 for 28x28 digits)
+    channels: int = 3             # 3: RGB crops; 1: greyscale (e.g. digits)
     n_blocks: int = 9
     attention_width: int = 32
     seed: int = 0
@@ -142,6 +144,10 @@ class RefinerConfig:
             fail("tau", "must be in [0, 1)")
         if self.perceptual not in ("auto", "vgg16", "mobilenet_v2"):
             fail("perceptual", "must be one of auto, vgg16, mobilenet_v2")
+        if self.channels not in (1, 3):
+            fail("channels", "must be 1 (greyscale) or 3 (RGB)")
+        if self.disc_strided not in (1, 2, 3):
+            fail("disc_strided", "must be 1, 2 or 3")
         if self.max_steps is not None and self.max_steps < 1:
             fail("max_steps", "must be >= 1 or None")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -173,7 +179,8 @@ class RefinerConfig:
         preset = self.preset_obj()
         return ModelSpec(architecture=preset.architecture, width=self.width,
                          n_blocks=self.n_blocks, skip=preset.skip,
-                         attention_width=self.attention_width, crop_size=tuple(self.crop_size))
+                         attention_width=self.attention_width, crop_size=tuple(self.crop_size),
+                         channels=self.channels)
 
 
 @dataclass(frozen=True)
@@ -186,6 +193,7 @@ class ModelSpec:
     skip: bool = False
     attention_width: int = 32
     crop_size: tuple[int, int] = (128, 128)
+    channels: int = 3
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -199,10 +207,12 @@ class ModelSpec:
         return cls(**{**data, "crop_size": tuple(data["crop_size"])})
 
     def build_generator(self) -> ResnetGenerator:
-        return ResnetGenerator(width=self.width, n_blocks=self.n_blocks, skip=self.skip)
+        return ResnetGenerator(width=self.width, n_blocks=self.n_blocks, skip=self.skip,
+                               channels=self.channels)
 
     def build_attention(self) -> AttentionNet | None:
-        return AttentionNet(width=self.attention_width) if self.architecture == "aggan" else None
+        return (AttentionNet(width=self.attention_width, channels=self.channels)
+                if self.architecture == "aggan" else None)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -249,8 +259,10 @@ class RefinerTrainer:
         self.F = self.spec.build_generator()
         self.A_X = self.spec.build_attention()
         self.A_Y = self.spec.build_attention()
-        self.D_X = PatchDiscriminator(width=cfg.disc_width)
-        self.D_Y = PatchDiscriminator(width=cfg.disc_width)
+        self.D_X = PatchDiscriminator(width=cfg.disc_width, channels=cfg.channels,
+                                      n_strided=cfg.disc_strided)
+        self.D_Y = PatchDiscriminator(width=cfg.disc_width, channels=cfg.channels,
+                                      n_strided=cfg.disc_strided)
         for net in self.networks().values():
             net.to(self.device, memory_format=self.memory_format)
 
@@ -568,8 +580,10 @@ def export_refiner(path: str | Path, spec: ModelSpec, generator: nn.Module,
 
 def _check_resume_compatible(saved: dict[str, Any], cfg: RefinerConfig) -> None:
     current = cfg.to_dict()
+    # A field added after the checkpoint was written counts as its default.
+    defaults = {f.name: f.default for f in fields(RefinerConfig)}
     changed = sorted(k for k in current if k not in _RESUMABLE_CHANGES
-                     and saved.get(k) != current[k])
+                     and saved.get(k, defaults.get(k)) != current[k])
     if changed:
         raise ValueError(f"cannot resume: config field(s) {changed} differ from the checkpoint "
                          f"(checkpoint: {[saved.get(k) for k in changed]}); use the original "
@@ -605,8 +619,8 @@ def train_refiner(cfg: RefinerConfig, *, on_progress: Callable[[dict[str, Any]],
     if ckpt_path.exists() and not cfg.resume:
         raise FileExistsError(f"{run_dir} already holds a training run; pass resume=True "
                               "(--resume) to continue it or choose a new run_dir")
-    synthetic = CropFolder(cfg.synthetic_dir, tuple(cfg.crop_size))
-    real = CropFolder(cfg.real_dir, tuple(cfg.crop_size))
+    synthetic = CropFolder(cfg.synthetic_dir, tuple(cfg.crop_size), channels=cfg.channels)
+    real = CropFolder(cfg.real_dir, tuple(cfg.crop_size), channels=cfg.channels)
     batches = UnpairedBatches(synthetic, real, batch_size=cfg.batch_size, seed=cfg.seed,
                               flip=cfg.flip)
     trainer = RefinerTrainer(cfg, steps_per_epoch=batches.steps_per_epoch)
