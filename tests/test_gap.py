@@ -113,3 +113,36 @@ def test_gap_report_rejects_bad_input(tmp_path: Path) -> None:
         GapReportConfig(datasets={"real": str(tmp_path)}, out_dir=str(tmp_path / "r"))
     with pytest.raises(GapReportError, match="reference"):
         GapReportConfig(datasets={"a": "x", "b": "y"}, out_dir="r", reference="c")
+
+
+def test_inception_inputs_are_what_torchvisions_weights_expect(tmp_path: Path) -> None:
+    """A randomly initialised InceptionV3 saved as a weights file (no download) stands in for
+    torchvision's: the network must be built as inception_v3(weights=IMAGENET1K_V1) builds it
+    (transform_input on) and fed what the weights' transforms produce."""
+    import torchvision
+    from torchvision.models import Inception_V3_Weights
+
+    from refiner_daemon.common.features import InceptionFeatures
+
+    torch.manual_seed(0)
+    random_net = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
+    weights = tmp_path / "inception_v3_random.pth"
+    torch.save(random_net.state_dict(), weights)
+    extractor = InceptionFeatures(weights)
+    assert extractor.network.transform_input, "torchvision's Inception weights expect transform_input=True"
+
+    images = torch.rand(2, 3, 120, 120)
+    # The weights' own transforms, resizing the (square) image straight to 299 instead of
+    # 342 + centre crop (a crop would cut the edges of a person crop).
+    reference = Inception_V3_Weights.IMAGENET1K_V1.transforms(resize_size=299, crop_size=299)(images)
+    prepared = extractor.preprocess(images)
+    assert prepared.shape == (2, 3, 299, 299)
+    assert torch.allclose(prepared, reference, atol=1e-5)
+
+    seen: list[torch.Tensor] = []
+    extractor.network.Conv2d_1a_3x3.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    features = extractor(images)
+    assert features.shape == (2, 2048)
+    # ImageNet normalisation undone by transform_input: the first layer sees Google's (x - 0.5) / 0.5.
+    resized = torch.nn.functional.interpolate(images, size=(299, 299), mode="bilinear", antialias=True)
+    assert torch.allclose(seen[0], 2 * resized - 1, atol=1e-4)

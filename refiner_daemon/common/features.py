@@ -68,8 +68,23 @@ class MobileNetFeatures(nn.Module):
         return outputs
 
 
+INCEPTION_SIZE = 299
+
+
 class InceptionFeatures(nn.Module):
-    """InceptionV3's 2048-d pool features (the FID space); needs its weights on disk."""
+    """InceptionV3's 2048-d pool features (the FID space); needs its weights on disk.
+
+    Inputs are float RGB in [0, 1], any size. :meth:`preprocess` turns them into what
+    torchvision's ``Inception_V3_Weights.IMAGENET1K_V1.transforms()`` hands the network: a
+    bilinear (antialiased) resize to 299 x 299 and ImageNet mean/std normalisation. The one
+    difference is deliberate: no resize to 342 and centre crop, which would cut the edges of
+    a person crop (FID implementations resize the whole image to 299 as well). The network is
+    built as ``torchvision.models.inception_v3(weights=IMAGENET1K_V1)`` builds it, with
+    ``transform_input=True``: those weights were ported from Google's TensorFlow model, which
+    expects ``(x - 0.5) / 0.5``, and ``transform_input`` maps the ImageNet-normalised input
+    onto exactly that. Leaving it off (as this class did before) feeds the ported weights
+    inputs about 2x too small and off-centre.
+    """
 
     name = "InceptionV3"
 
@@ -81,17 +96,24 @@ class InceptionFeatures(nn.Module):
                 f"InceptionV3 weights not found at {path}; they cannot be downloaded here. Copy "
                 "inception_v3_google-0cc3c7bd.pth there or pass its path; without them the report "
                 "uses MobileNetV2 features and labels the distance FD (MobileNetV2).")
-        network = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
+        network = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False,
+                                                  transform_input=True)
         network.load_state_dict(load_state_dict(path))
         network.fc = nn.Identity()
         self.network = network.eval()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) RGB in [0, 1] -> (B, 3, 299, 299) as the weights' transforms make it."""
+        if images.shape[-2:] != (INCEPTION_SIZE, INCEPTION_SIZE):
+            images = nn.functional.interpolate(images, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear",
+                                               align_corners=False, antialias=True)
+        return (images - self.mean) / self.std
+
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        images = nn.functional.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False)
-        return self.network((images - self.mean) / self.std)
+        return self.network(self.preprocess(images))
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
@@ -119,7 +141,7 @@ def pooled_features(extractor: MobileNetFeatures, paths: Sequence[Path], size: i
     return {name: np.concatenate(chunks) for name, chunks in collected.items()}
 
 
-def inception_pool_features(extractor: InceptionFeatures, paths: Sequence[Path], size: int = 299,
+def inception_pool_features(extractor: InceptionFeatures, paths: Sequence[Path], size: int = INCEPTION_SIZE,
                             batch_size: int = 16, device: torch.device | str = "cpu") -> np.ndarray:
     extractor = extractor.to(device)
     return np.concatenate([extractor(images.to(device)).cpu().numpy().astype(np.float64)
