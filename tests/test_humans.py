@@ -314,3 +314,22 @@ def test_person_with_garments_renders(scene: dict, asset_library, tmp_path: Path
             obj.hide_render = False
         bpy.data.objects.remove(cam)
         humans.remove_person(handle)
+
+
+def test_makehuman_static_pose_drives_the_rig(scene: dict, shared_data: Path) -> None:
+    path = shared_data / "makehuman_assets" / "base" / "poses" / "standing02.bvh"
+    if not path.is_file():
+        pytest.skip(f"MakeHuman poses not found at {path.parent}")
+    handle = humans.create_person(sample_person_params(np.random.default_rng(8)),
+                                  PoseChoice(kind="standing", bvh_path=str(path), frame=0), name="mhpose",
+                                  location=(-8.0, 0.0, 0.0), heading_rad=0.0, pass_index=40)
+    assert 1.4 <= handle.head_world[2] <= 2.0
+    assert _body_world(handle)[:, 2].min() == pytest.approx(0.0, abs=2e-3)
+    # The legs point down and the trunk up, as in the file.
+    bones = humans.posed_bone_world(handle)
+    for bone in ("LeftUpLeg", "RightLeg"):
+        head, tail = bones[bone]
+        assert (tail - head)[2] < -0.8 * np.linalg.norm(tail - head)
+    head, tail = bones["Spine"]
+    assert (tail - head)[2] > 0.8 * np.linalg.norm(tail - head)
+    humans.remove_person(handle)

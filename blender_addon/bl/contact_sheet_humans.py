@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
 import sys
 from pathlib import Path
@@ -18,9 +19,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from blender_addon.bl import humans
-from blender_addon.core.bvh import PoseLibrary
 from blender_addon.core.garments import AssetLibrary, find_assets_root
 from blender_addon.core.human_params import sample_person_params, sample_pose
+from blender_addon.core.posing import pose_library_for
 from protocol.fileio import atomic_write_bytes, atomic_write_json
 
 SPACING = 1.25  # metres between people in a row
@@ -72,7 +73,9 @@ def _render(scene: bpy.types.Scene, camera: bpy.types.Object, width: int, height
 def build_sheet(out: Path, count: int, seed: int, mocap: Path | None, samples: int, per_row: int,
                 assets: AssetLibrary | None = None) -> list[dict]:
     scene = _setup_scene(samples)
-    library = PoseLibrary(mocap) if mocap else None
+    library = pose_library_for(str(mocap) if mocap else None, str(assets.root) if assets else None)
+    if library is not None:
+        print("pose sources (frames accepted/rejected):", json.dumps(library.stats()))
     rng = np.random.default_rng(seed)
     rows = math.ceil(count / per_row)
     width_m = per_row * SPACING

@@ -82,11 +82,11 @@ class FrameRenderer:
         self.scene = scene or load_scene(config.scene)
         self.camera = self.scene.camera_for(config.render.resolution)
         self.settings = self.camera.cycles_settings()
-        self.pose_library = None
-        if config.pose_library:
-            from blender_addon.core.bvh import PoseLibrary
+        from blender_addon.core.posing import pose_library_for
 
-            self.pose_library = PoseLibrary(config.pose_library)
+        # CMU mocap (--pose-library) and the asset folder's static MakeHuman poses.
+        self.pose_library = pose_library_for(config.pose_library,
+                                             config.assets if config.human_backend == "mpfb2" else None)
         self.asset_library = None
         if config.assets and config.human_backend == "mpfb2":
             from blender_addon.core.garments import AssetLibrary

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,11 +75,52 @@ NAMING_FAMILIES: dict[str, dict[str, str]] = {
     },
 }
 
+# MakeHuman's default skeleton (the CC0 static poses in makehuman_assets/base/poses): bones
+# split in two (upperleg01/02, ...), so the second halves, fingers, toes, face and breast
+# joints carry no canonical joint (their rotations still reach the mapped children through
+# forward kinematics).
+_MAKEHUMAN_MAP: dict[str, str] = {
+    "root": "Hips", "pelvis.L": "LHipJoint", "pelvis.R": "RHipJoint",
+    "spine05": "LowerBack", "spine03": "Spine", "spine01": "Spine1", "neck01": "Neck", "neck02": "Neck1",
+    "head": "Head",
+}
+for _side, _bvh_side in (("Left", "L"), ("Right", "R")):
+    _MAKEHUMAN_MAP.update({
+        f"upperleg01.{_bvh_side}": f"{_side}UpLeg", f"lowerleg01.{_bvh_side}": f"{_side}Leg",
+        f"foot.{_bvh_side}": f"{_side}Foot", f"toe3-1.{_bvh_side}": f"{_side}ToeBase",
+        f"clavicle.{_bvh_side}": f"{_side}Shoulder", f"upperarm01.{_bvh_side}": f"{_side}Arm",
+        f"lowerarm01.{_bvh_side}": f"{_side}ForeArm", f"wrist.{_bvh_side}": f"{_side}Hand",
+        f"finger3-1.{_bvh_side}": f"{_side}FingerBase", f"finger1-1.{_bvh_side}": f"{_bvh_side}Thumb",
+    })
+NAMING_FAMILIES["makehuman_default"] = _MAKEHUMAN_MAP
+
+# Joints a family knows but does not map (value None in the canonical index).
+_FAMILY_IGNORED: dict[str, re.Pattern[str]] = {
+    "makehuman_default": re.compile(
+        r"^(pelvis|upperleg0\d|lowerleg0\d|foot|toe\d-\d|spine0\d|neck0\d|breast|clavicle|shoulder0\d|"
+        r"upperarm0\d|lowerarm0\d|wrist|metacarpal\d|finger\d-\d|jaw|tongue\d\d|eye|temporalis0\d|"
+        r"oculi0\d|risorius0\d|levator0\d|orbicularis0\d|oris0\d|special0\d)(\.[LR])?$"),
+}
+
+# Per family: file axes -> Blender axes, the rest pose's front in file axes, metres per unit
+# (None: the file's own ``unit_metres``). CMU files are Y up and face +Z; MakeHuman's are
+# already Z up, facing -Y, in decimetres.
+FAMILY_FRAMES: dict[str, tuple[np.ndarray, np.ndarray, float | None]] = {
+    "makehuman_default": (np.eye(3), np.array([0.0, -1.0, 0.0]), 0.1),
+}
+
 # Joint names that only one family uses; they decide between families that share names.
 _FAMILY_MARKERS: dict[str, tuple[str, ...]] = {
     "cmu_motionbuilder": ("LeftUpLeg", "LeftArm", "Spine1", "LowerBack"),
     "cmu_3dsmax": ("LeftHip", "LeftKnee", "Chest2", "lowerneck", "LeftCollar"),
+    "makehuman_default": ("upperleg01.L", "spine05", "lowerarm01.L"),
 }
+
+
+def family_frame(family: str, bvh: Bvh) -> tuple[np.ndarray, np.ndarray, float]:
+    """(file axes -> Blender axes, rest front in file axes, metres per file unit)."""
+    axes, front, unit = FAMILY_FRAMES.get(family, (BVH_TO_BLENDER, np.array([0.0, 0.0, 1.0]), None))
+    return axes, front, unit if unit is not None else bvh.unit_metres
 
 
 class BvhError(ValueError):
@@ -243,9 +285,6 @@ def parse_bvh_text(text: str, path: str = "<string>") -> Bvh:
         bad = [c for c in joint_channels if c not in _VALID_CHANNELS]
         if bad:
             raise fail(f"unknown channel(s) {bad} on joint {name!r}; valid: {sorted(_VALID_CHANNELS)}")
-        if not is_root and any(c.endswith("position") for c in joint_channels):
-            # Only a root translation is meaningful for a body; refuse rather than ignore it.
-            raise fail(f"joint {name!r} has position channels; only the root may")
         channels.append(joint_channels)
         while True:
             word = take()
@@ -293,6 +332,17 @@ def parse_bvh_text(text: str, path: str = "<string>") -> Bvh:
     if not np.all(np.isfinite(motion)):
         raise BvhError(f"{path}: the MOTION section contains NaN or infinite values")
     starts = np.concatenate([[0], np.cumsum([len(c) for c in channels])[:-1]]).astype(int)
+    # Only a root translation is meaningful for a body. MakeHuman's exporter writes position
+    # channels on every joint, all zero (no stretch): those are accepted and ignored; any
+    # joint that really moves is refused rather than silently ignored.
+    for joint, joint_channels in enumerate(channels):
+        if parents[joint] == -1:
+            continue
+        moving = [k for k, c in enumerate(joint_channels) if c.endswith("position")
+                  and np.abs(motion[:, starts[joint] + k]).max() > 1e-3]
+        if moving:
+            raise BvhError(f"{path}: joint {names[joint]!r} has moving position channels; only the root may "
+                           "translate; is this a valid BVH file?")
     return Bvh(
         path=path, names=names, parents=parents, offsets=np.asarray(offsets, dtype=np.float64),
         end_offsets=np.asarray(end_offsets, dtype=np.float64), channels=channels, motion=motion,
@@ -320,7 +370,8 @@ def detect_naming(bvh: Bvh) -> str:
     file_names = set(bvh.names)
     scored = []
     for family, mapping in NAMING_FAMILIES.items():
-        unmapped = sorted(file_names - set(mapping))
+        ignored = _FAMILY_IGNORED.get(family)
+        unmapped = sorted(n for n in file_names - set(mapping) if ignored is None or not ignored.match(n))
         markers = sum(1 for m in _FAMILY_MARKERS[family] if m in file_names)
         scored.append((len(unmapped), -markers, family, unmapped))
     scored.sort()
@@ -332,7 +383,7 @@ def detect_naming(bvh: Bvh) -> str:
             f"{sorted(NAMING_FAMILIES)}; add a mapping to NAMING_FAMILIES in "
             "blender_addon/core/bvh.py for this naming"
         )
-    mapped = {NAMING_FAMILIES[family][n] for n in bvh.names}
+    mapped = {NAMING_FAMILIES[family].get(n) for n in bvh.names}
     missing = [j for j in REQUIRED_JOINTS if j not in mapped]
     if missing:
         raise BvhError(f"{bvh.path}: naming {family!r} but required joints are missing: {missing}")
@@ -342,14 +393,15 @@ def detect_naming(bvh: Bvh) -> str:
 def canonical_index(bvh: Bvh) -> dict[str, int]:
     """Canonical joint name -> index into ``bvh.names`` (only joints the file has)."""
     mapping = NAMING_FAMILIES[detect_naming(bvh)]
-    return {mapping[name]: i for i, name in enumerate(bvh.names)}
+    return {mapping[name]: i for i, name in enumerate(bvh.names) if name in mapping}
 
 
 def canonical_world_positions(bvh: Bvh, frame: int) -> dict[str, np.ndarray]:
     """Joint positions keyed by canonical name, in Blender axes and metres (CMU units)."""
     index = canonical_index(bvh)
+    axes, _, unit = family_frame(detect_naming(bvh), bvh)
     _, positions = bvh.global_transforms(frame)
-    return {name: BVH_TO_BLENDER @ positions[i] * bvh.unit_metres for name, i in index.items()}
+    return {name: axes @ positions[i] * unit for name, i in index.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,10 +510,10 @@ def retarget(
     """
     index = canonical_index(bvh)
     global_rot, _ = bvh.global_transforms(frame)
-    axes = BVH_TO_BLENDER
+    axes, rest_front, _ = family_frame(detect_naming(bvh), bvh)
     hips = global_rot[index["Hips"]]
-    # The capture's rest front is +Z in file axes, i.e. -Y in Blender axes.
-    capture_front = axes @ hips @ np.array([0.0, 0.0, 1.0])
+    # The capture's rest front (+Z in CMU file axes, i.e. -Y in Blender axes).
+    capture_front = axes @ hips @ rest_front
     yaw = facing_yaw(np.asarray(front)) - facing_yaw(capture_front)
     capture_to_armature = axis_rotation("Z", yaw) @ axes
 
@@ -530,21 +582,34 @@ def rotation_to_quaternion(matrix: np.ndarray) -> tuple[float, float, float, flo
 
 
 class PoseLibrary:
-    """A folder of BVH files whose parses are cached, so a batch reads each file once.
+    """Folders of BVH files whose parses are cached, so a batch reads each file once.
 
-    ``PoseLibrary(folder)`` lists ``*.bvh`` (recursively) at construction; files are parsed
-    on first use and checked for a supported joint naming then.
+    ``PoseLibrary(folder, *more_folders)`` lists ``*.bvh`` (recursively) in each folder (a
+    *source*, e.g. CMU mocap and MakeHuman's static poses) at construction; files are parsed
+    on first use and checked for a supported joint naming then. With ``standing_only`` (the
+    default) only frames that pass :func:`blender_addon.core.posing.standing_frame_verdicts`
+    are chosen: no jumps, crouches, handstands or lying poses. :meth:`stats` reports the
+    accepted and rejected frame counts per source.
     """
 
-    def __init__(self, folder: str | os.PathLike[str]) -> None:
+    def __init__(self, folder: str | os.PathLike[str], *more_folders: str | os.PathLike[str],
+                 standing_only: bool = True) -> None:
+        self.sources: dict[str, list[str]] = {}
+        for source in (folder, *more_folders):
+            path = Path(source)
+            if not path.is_dir():
+                raise BvhError(f"pose library folder {path} does not exist; point it at a "
+                               "folder of .bvh files (e.g. ../shared/data/mocap)")
+            files = sorted(str(p) for p in path.rglob("*.bvh"))
+            if not files:
+                raise BvhError(f"pose library folder {path} contains no .bvh files")
+            self.sources[str(path)] = files
         self.folder = Path(folder)
-        if not self.folder.is_dir():
-            raise BvhError(f"pose library folder {self.folder} does not exist; point it at a "
-                           "folder of .bvh files (e.g. ../shared/data/mocap)")
-        self.files = sorted(str(p) for p in self.folder.rglob("*.bvh"))
-        if not self.files:
-            raise BvhError(f"pose library folder {self.folder} contains no .bvh files")
+        self.files = sorted({f for files in self.sources.values() for f in files})
+        self.standing_only = standing_only
         self._cache: dict[str, Bvh] = {}
+        self._accepted: dict[str, np.ndarray] = {}
+        self._counts: dict[str, dict[str, int]] = {}
         self.parse_count = 0
 
     def get(self, path: str | os.PathLike[str]) -> Bvh:
@@ -556,10 +621,50 @@ class PoseLibrary:
             self.parse_count += 1
         return self._cache[key]
 
+    def accepted_frames(self, path: str) -> np.ndarray:
+        """Indices of the frames of ``path`` that may be chosen (all when not standing_only)."""
+        if path not in self._accepted:
+            bvh = self.get(path)
+            if self.standing_only:
+                # posing imports this module, so it is imported here.
+                from blender_addon.core.posing import standing_frame_verdicts
+
+                verdicts = standing_frame_verdicts(bvh)
+                self._accepted[path] = np.flatnonzero(verdicts.accepted)
+                self._counts[path] = verdicts.counts()
+            else:
+                self._accepted[path] = np.arange(bvh.frame_count)
+                self._counts[path] = {"frames": bvh.frame_count, "accepted": bvh.frame_count, "rejected": 0}
+        return self._accepted[path]
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per source: files, frames, accepted and rejected frames, and rejections per rule."""
+        out: dict[str, dict[str, int]] = {}
+        for source, files in self.sources.items():
+            total: dict[str, int] = {"files": len(files)}
+            for path in files:
+                self.accepted_frames(path)
+                for key, value in self._counts[path].items():
+                    total[key] = total.get(key, 0) + value
+            out[source] = total
+        return out
+
     def choose(self, rng: np.random.Generator) -> tuple[str, int]:
-        """A random (file, frame) pair: a uniformly chosen file, then a uniform frame."""
-        path = self.files[int(rng.integers(len(self.files)))]
-        return path, int(rng.integers(self.get(path).frame_count))
+        """A random (file, frame) pair: a uniform source, a uniform file of it, then a uniform
+        accepted frame. Files without an accepted frame are skipped."""
+        sources = list(self.sources.values())
+        files = list(sources[int(rng.integers(len(sources)))] if len(sources) > 1 else sources[0])
+        while files:
+            path = files[int(rng.integers(len(files)))]
+            frames = self.accepted_frames(path)
+            if len(frames):
+                return path, int(frames[int(rng.integers(len(frames)))])
+            files.remove(path)
+            if not files and len(sources) > 1 and len(self.files) > 1:
+                # This whole source was rejected: fall back to every source's files.
+                sources, files = [self.files], [f for f in self.files if f != path and len(self.accepted_frames(f))]
+        raise BvhError(f"no plausible standing frame in {sorted(self.sources)}: every frame jumps, "
+                       "crouches or lies down (see PoseLibrary.stats())")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -211,12 +211,9 @@ def populate(spec: SceneSpec, config: BatchConfig, backend: str) -> FrameRecipe:
     ``backend``: mpfb2 (built-in), proxy, or mblab (MB-Lab, an error when it is missing).
     """
     from blender_addon.bl import render
+    from blender_addon.core.posing import pose_library_for
 
-    library = None
-    if config.pose_library:
-        from blender_addon.core.bvh import PoseLibrary
-
-        library = PoseLibrary(config.pose_library)
+    library = pose_library_for(config.pose_library, config.assets if backend == "mpfb2" else None)
     assets = None
     if config.assets and backend == "mpfb2":
         from blender_addon.core.garments import AssetLibrary
