@@ -6,8 +6,10 @@ Each stage is a separate command-line tool of the project, run as a subprocess e
 user would run it, so the demo doubles as a worked example (``out/demo/commands.sh`` lists
 every command it ran). The target ("real") domain comes from ``--real DIR`` (annotated real
 frames: CEPDOF-style ``annotations.json`` or our own ``coco.json``); without it the demo
-builds a STAND-IN target domain: the same renders seen through a photographic camera model
-(``refiner_daemon.evaluation.standin_domain``). The stand-in is named as such in every output.
+builds a STAND-IN target domain: the same renders with their people (only the people, under
+their masks; the background stays as rendered) seen through a photographic camera model
+(``refiner_daemon.evaluation.standin_domain``), so the gap it opens is one a refiner, which
+only changes people, can close. The stand-in is named as such in every output.
 
 Stages whose outputs already exist are skipped, so an interrupted demo resumes. The daemon
 is always shut down when the demo ends, on error and on Ctrl-C too.
@@ -33,8 +35,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from protocol import processes
+from protocol.cli import run_main
 from protocol.fileio import atomic_write_json, atomic_write_text
-from refiner_daemon.evaluation.standin_domain import CameraModel, apply_camera_model
+from refiner_daemon.evaluation.standin_domain import CameraModel, apply_camera_model_to_people
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SCENE = PROJECT_ROOT / "scenes" / "sample_office"
@@ -94,13 +98,16 @@ class Runner:
         log_path = self.out / "logs" / f"{log_name or stage}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("w") as log:
-            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       text=True, cwd=PROJECT_ROOT, bufsize=1)
+            # Tracked, with a parent-death signal: a stop signal or kill -9 of the demo
+            # ends the stage too (protocol.processes).
+            process = processes.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True, cwd=PROJECT_ROOT, bufsize=1)
             assert process.stdout is not None
             for line in process.stdout:
                 log.write(line)
                 print(f"   {line.rstrip()}"[:160], flush=True)
             code = process.wait()
+            processes.untrack(process)
         self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - started
         if code != 0:
             raise DemoError(f"stage {stage!r} failed (exit {code}); log: {log_path}\nrerun: {printable}")
@@ -116,8 +123,13 @@ def _free_loopback_port() -> int:
         return int(probe.getsockname()[1])
 
 
+STANDIN_LABEL = "STAND-IN (renders whose people are seen through a camera model; background as rendered)"
+
+
 def make_standin_dataset(rendered: Path, out: Path, seed: int) -> Path:
-    """Copy a rendered dataset with every image passed through the stand-in camera model."""
+    """Copy a rendered dataset with every person (under the frame's person mask, blended
+    softly) passed through the stand-in camera model; the background is copied unchanged.
+    A frame without a mask file has no known people and is copied as it is."""
     coco = json.loads((rendered / "coco.json").read_text())
     rng = np.random.default_rng(seed)
     models = []
@@ -126,13 +138,19 @@ def make_standin_dataset(rendered: Path, out: Path, seed: int) -> Path:
         pixels = np.asarray(Image.open(rendered / image["file_name"]).convert("RGB"))
         target = out / image["file_name"]
         target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(apply_camera_model(pixels, model, rng)).save(target)
         if image.get("mask_file"):
+            person_mask = np.asarray(Image.open(rendered / image["mask_file"]))
+            if person_mask.ndim == 3:
+                person_mask = person_mask.max(axis=2)
+            pixels = apply_camera_model_to_people(pixels, person_mask, model, rng)
             (out / image["mask_file"]).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(rendered / image["mask_file"], out / image["mask_file"])
-        models.append({"file_name": image["file_name"], **model.to_dict()})
+        Image.fromarray(pixels).save(target)
+        models.append({"file_name": image["file_name"], "people_only": bool(image.get("mask_file")),
+                       **model.to_dict()})
     coco.setdefault("info", {})["description"] = (
-        "STAND-IN target domain: synthetic renders through a photographic camera model, not real data"
+        "STAND-IN target domain: synthetic renders whose people (under their masks) went through a "
+        "photographic camera model, background as rendered; not real data"
     )
     atomic_write_json(out / "standin_camera_models.json", models)
     atomic_write_json(out / "coco.json", coco)  # written last: marks the folder complete
@@ -150,8 +168,8 @@ def daemon_process(runner: Runner, models: Path, state: Path) -> Iterator[str]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"\n== daemon\n$ {' '.join(argv)} &", flush=True)
     with log_path.open("w") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
-                                   start_new_session=True)
+        process = processes.popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
+                                  start_new_session=True)
         try:
             deadline = time.monotonic() + 60
             while True:
@@ -175,6 +193,7 @@ def daemon_process(runner: Runner, models: Path, state: Path) -> Iterator[str]:
                 except subprocess.TimeoutExpired:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
+            processes.untrack(process)
             print(f"   daemon stopped (exit {process.returncode})", flush=True)
 
 
@@ -316,9 +335,10 @@ def run_demo(cfg: DemoConfig) -> Path:
     if cfg.real:
         target_source, target_label = Path(cfg.real), f"real frames from {cfg.real}"
     else:
-        target_source, target_label = out / "standin_target", "STAND-IN (renders through a camera model)"
+        target_source, target_label = out / "standin_target", STANDIN_LABEL
         if not (target_source / "coco.json").is_file():
-            print("\n== stand-in target domain (renders through a photographic camera model)", flush=True)
+            print("\n== stand-in target domain (the renders' people through a photographic camera model)",
+                  flush=True)
             started = time.perf_counter()
             make_standin_dataset(rendered, target_source, cfg.seed + 1)
             runner.timings["stand-in"] = time.perf_counter() - started
@@ -351,6 +371,12 @@ def run_demo(cfg: DemoConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The demo under ``protocol.cli.run_main``: one-line errors; SIGTERM/SIGINT/SIGHUP stop
+    every stage's process and the daemon and exit 128 + N (a rerun resumes)."""
+    return run_main(_main, argv, prog="demo")
+
+
+def _main(argv: list[str]) -> int:
     defaults = DemoConfig()
     parser = argparse.ArgumentParser(
         prog="python -m refiner_daemon.demo",
@@ -376,9 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DemoError, ValueError) as exc:
         print(f"\ndemo failed: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, processes.Stopped):
         print("\ndemo interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+        raise
     return 0
 
 

@@ -48,12 +48,17 @@ def test_demo_refuses_a_real_folder_without_annotations(tmp_path: Path, capsys) 
     assert "neither annotations.json" in capsys.readouterr().err
 
 
-def test_standin_dataset_keeps_annotations_and_changes_pixels(tmp_path: Path) -> None:
+def test_standin_dataset_keeps_annotations_and_degrades_only_the_people(tmp_path: Path) -> None:
     source = tmp_path / "render"
     (source / "images").mkdir(parents=True)
     (source / "masks").mkdir()
-    Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(source / "images" / "000000.png")
-    Image.fromarray(np.zeros((64, 64), np.uint8)).save(source / "masks" / "000000.png")
+    rng = np.random.default_rng(0)
+    frame = rng.uniform(60, 180, (64, 64, 3)).astype(np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:40, 10:26] = 1
+    mask[44:60, 30:60] = 2
+    Image.fromarray(frame).save(source / "images" / "000000.png")
+    Image.fromarray(mask).save(source / "masks" / "000000.png")
     coco = {"images": [{"id": 0, "file_name": "images/000000.png", "width": 64, "height": 64,
                         "mask_file": "masks/000000.png"}], "annotations": [], "categories": []}
     (source / "coco.json").write_text(json.dumps(coco))
@@ -62,5 +67,8 @@ def test_standin_dataset_keeps_annotations_and_changes_pixels(tmp_path: Path) ->
     written = json.loads((target / "coco.json").read_text())
     assert written["images"] == coco["images"]
     assert "STAND-IN" in written["info"]["description"]
-    pixels = np.asarray(Image.open(target / "images" / "000000.png"))
-    assert np.abs(pixels.astype(int) - 120).mean() > 3
+    pixels = np.asarray(Image.open(target / "images" / "000000.png")).astype(int)
+    assert np.array_equal(pixels[mask == 0], frame[mask == 0]), "the background must stay as rendered"
+    for person in (1, 2):
+        assert np.abs(pixels[mask == person] - frame[mask == person]).mean() > 3, f"person {person} unchanged"
+    assert np.array_equal(np.asarray(Image.open(target / "masks" / "000000.png")), mask)
