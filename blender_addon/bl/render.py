@@ -23,9 +23,11 @@ import numpy as np
 from blender_addon.bl import scene_build
 from blender_addon.core import batch, dataset
 from blender_addon.core.batch import BatchConfig, FrameRecipe, PersonRecipe
+from blender_addon.core.lighting import LightingRig
 from blender_addon.core.scene_format import SceneSpec, load_scene
 
 FPS = 24
+RIG_STREAM = 0x4C16  # seeds the lighting rig's own random stream beside the frame seed
 MASK_LAYER_PREFIX = "mask_"
 
 
@@ -99,7 +101,7 @@ class FrameRenderer:
             denoise=render.denoise, motion_blur_shutter=render.motion_blur_shutter,
             device=render.device, threads=threads), self.camera.width, self.camera.height)
         scene_build.add_fisheye_camera(self.camera)
-        scene_build.add_shadow_catcher_floor(self.scene.floor_extent(margin=3.0))
+        scene_build.add_shadow_catcher_polygons(self.scene.floor_polygons)
         scene_build.add_furniture_holdouts(self.scene.furniture)
         bpy.context.scene.render.fps = FPS
         bpy.context.preferences.edit.keyframe_new_interpolation_type = "LINEAR"
@@ -182,7 +184,8 @@ class FrameRenderer:
         lighting = recipe.lighting
         ambient = tuple(float(c * t) for c, t in zip(lighting.ambient_color, self.photo_tint))
         # The room photo's tint colours the ambient light, so people match the photo.
-        scene_build.apply_lighting(dataclasses.replace(lighting, ambient_color=ambient))
+        rig = self._lighting_rig(recipe)
+        scene_build.apply_lighting(dataclasses.replace(lighting, ambient_color=ambient), rig)
         bpy.context.scene.cycles.seed = (recipe.cycles_seed + self.cycles_seed_offset) % (2**31 - 1)
         people = self._add_people(recipe)
         try:
@@ -198,6 +201,15 @@ class FrameRenderer:
         record = self._write(index, recipe, people, passes)
         print(f"frame {index}: {len(people)} people, {time.monotonic() - started:.1f} s", flush=True)
         return record
+
+    def _lighting_rig(self, recipe: FrameRecipe) -> LightingRig:
+        """Ceiling panels (and maybe a window) over the floor, drawn from the frame's seed on
+        a stream of its own, so the recipe's other draws stay as they were."""
+        from blender_addon.core.lighting import sample_office_rig
+
+        rng = np.random.default_rng([recipe.seed, RIG_STREAM])
+        ceiling = self.scene.camera_position[2] + 0.05
+        return sample_office_rig(rng, self.scene.floor_polygons, ceiling)
 
     def _crop(self, array: np.ndarray) -> np.ndarray:
         return scene_build.crop_to_output(array, self.camera)
@@ -239,6 +251,8 @@ class FrameRenderer:
                 **self.scene_hashes,
                 "config": self.config.to_dict(),
                 "recipe": recipe.to_dict(),
+                # The lights people were rendered under (the recipe's sun is not used).
+                "lighting_rig": self._lighting_rig(recipe).to_dict(),
                 "people": [p.record for p in people],
                 "versions": batch.versions(),
             },

@@ -1,7 +1,7 @@
 """Builds the static Blender scene a frame is rendered in, from pure-Python descriptions.
 
-Read top to bottom: reset, render settings, fisheye camera, shadow-catcher floor, furniture
-holdouts, lights, then ``render_layers`` renders and reads every view layer's passes back
+Read top to bottom: reset, render settings, fisheye camera, shadow-catcher floor (the annotated
+floor region), furniture holdouts, lights (an indoor rig of area lights, or a sun), then ``render_layers`` renders and reads every view layer's passes back
 from a multilayer EXR into numpy. People are added per frame by ``blender_addon.bl.render``.
 """
 
@@ -19,6 +19,7 @@ import numpy as np
 
 from blender_addon.core.batch import LightingRecipe
 from blender_addon.core.fisheye import FisheyeCamera
+from blender_addon.core.lighting import LightingRig
 
 MAIN_LAYER = "main"
 FURNITURE_COLLECTION = "furniture_proxies"
@@ -203,6 +204,23 @@ def add_shadow_catcher_floor(extent: tuple[float, float, float, float]) -> bpy.t
     return floor
 
 
+def add_shadow_catcher_polygons(polygons: Sequence[Sequence[Sequence[float]]]) -> bpy.types.Object:
+    """The annotated floor region (one n-gon per polygon, z = 0) as the shadow catcher.
+
+    Shadows then fall only where the room really has open floor: not onto walls, furniture
+    or beyond the room, where a plane at z = 0 would put them in the wrong place."""
+    verts: list[tuple[float, float, float]] = []
+    faces: list[tuple[int, ...]] = []
+    for polygon in polygons:
+        start = len(verts)
+        verts.extend((float(x), float(y), 0.0) for x, y in polygon)
+        faces.append(tuple(range(start, len(verts))))
+    floor = _mesh_object("shadow_catcher_floor", np.asarray(verts), faces)
+    floor.data.materials.append(_material("floor_catcher", (0.6, 0.6, 0.6)))
+    floor.is_shadow_catcher = True
+    return floor
+
+
 def add_furniture_holdouts(furniture: Iterable[object]) -> bpy.types.Collection:
     """Furniture proxies as holdouts: they hide what is behind them and show the photo.
 
@@ -221,8 +239,13 @@ def add_furniture_holdouts(furniture: Iterable[object]) -> bpy.types.Collection:
     return collection
 
 
-def apply_lighting(lighting: LightingRecipe) -> None:
-    """One sun (hard shadows, like windows and spots) and a uniform world (soft fill)."""
+RIG_COLLECTION = "lighting_rig"
+
+
+def apply_lighting(lighting: LightingRecipe, rig: LightingRig | None = None) -> None:
+    """A uniform world (soft fill) plus either the indoor rig's area lights (ceiling panels,
+    maybe a window; see ``core.lighting``) or, without a rig, one sun."""
+    _apply_rig(rig)
     world = bpy.context.scene.world or bpy.data.worlds.new("world")
     bpy.context.scene.world = world
     world.use_nodes = True
@@ -233,12 +256,40 @@ def apply_lighting(lighting: LightingRecipe) -> None:
     if sun is None:
         sun = bpy.data.objects.new("sun", bpy.data.lights.new("sun", "SUN"))
         bpy.context.scene.collection.objects.link(sun)
-    sun.data.energy = lighting.sun_strength
+    sun.data.energy = 0.0 if rig is not None else lighting.sun_strength
     sun.data.color = lighting.sun_color
     sun.data.angle = math.radians(lighting.sun_angle_deg)
     # A sun points down its local -Z; tilt it away from the zenith, then turn it.
     sun.rotation_euler = (math.radians(90.0 - lighting.sun_elevation_deg), 0.0,
                           math.radians(lighting.sun_azimuth_deg))
+
+
+def _apply_rig(rig: LightingRig | None) -> None:
+    """Replace the previous frame's rig lights with ``rig``'s (none when it is None)."""
+    collection = bpy.data.collections.get(RIG_COLLECTION)
+    if collection is None:
+        collection = bpy.data.collections.new(RIG_COLLECTION)
+        bpy.context.scene.collection.children.link(collection)
+    for obj in list(collection.objects):
+        light = obj.data
+        bpy.data.objects.remove(obj, do_unlink=True)
+        if light is not None and light.users == 0:
+            bpy.data.lights.remove(light)
+    if rig is None:
+        return
+    for spec in rig.lights:
+        data = bpy.data.lights.new(f"rig_{spec.name}", "AREA")
+        data.shape = "RECTANGLE"
+        data.size, data.size_y = spec.size
+        data.energy = spec.power_w
+        data.color = spec.colour
+        obj = bpy.data.objects.new(f"rig_{spec.name}", data)
+        obj.location = spec.position
+        obj.rotation_euler = tuple(math.radians(a) for a in spec.rotation_deg)
+        # Lights light the people; the camera must never see the emitters themselves (the
+        # render is composited over the photo, which has its own lamps).
+        obj.visible_camera = False
+        collection.objects.link(obj)
 
 
 def add_marker(name: str, location: Sequence[float], radius: float, pass_index: int,
