@@ -179,6 +179,10 @@ class _Level:
         self.target = target
         self.ty, self.tx = np.nonzero(target)
         self.sy_all, self.sx_all = np.nonzero(source)
+        # Sources are looked for near the hole: a hole in the carpet copies carpet, not the
+        # wall across the room (smooth walls otherwise win against a smooth first guess).
+        depth = float(ndimage.distance_transform_edt(hole).max()) if hole.any() else 0.0
+        self.window = int(max(3 * depth, 8 * radius, 16))
         offsets = np.arange(-radius, radius + 1)
         self.oy, self.ox = (a.ravel() for a in np.meshgrid(offsets, offsets, indexing="ij"))
 
@@ -193,12 +197,32 @@ class _Level:
         pick = rng.integers(0, len(self.sy_all), count)
         return self.sy_all[pick], self.sx_all[pick]
 
+    def local_sources(self, ty: np.ndarray, tx: np.ndarray, rng: np.random.Generator,
+                      tries: int = 20) -> tuple[np.ndarray, np.ndarray]:
+        """A random valid source within the window of each target (global where none is)."""
+        height, width = self.hole.shape
+        sy, sx = self.random_sources(len(ty), rng)
+        todo = np.ones(len(ty), dtype=bool)
+        for _ in range(tries):
+            n = int(todo.sum())
+            if n == 0:
+                break
+            cy = np.clip(ty[todo] + rng.integers(-self.window, self.window + 1, n), 0, height - 1)
+            cx = np.clip(tx[todo] + rng.integers(-self.window, self.window + 1, n), 0, width - 1)
+            ok = self.source[cy, cx]
+            index = np.nonzero(todo)[0][ok]
+            sy[index], sx[index] = cy[ok], cx[ok]
+            todo[index] = False
+        return sy, sx
 
-def _consider(level: _Level, target_patches: np.ndarray, by: np.ndarray, bx: np.ndarray,
-              best: np.ndarray, cy: np.ndarray, cx: np.ndarray) -> None:
-    """Replace matches (by, bx, best: updated in place) by candidates (cy, cx) that are closer."""
+
+def _consider(level: _Level, target_patches: np.ndarray, ty: np.ndarray, tx: np.ndarray,
+              by: np.ndarray, bx: np.ndarray, best: np.ndarray, cy: np.ndarray, cx: np.ndarray) -> None:
+    """Replace matches (by, bx, best: updated in place) by candidates (cy, cx) that are closer
+    and within the level's window around the targets (ty, tx)."""
     height, width = level.hole.shape
     ok = (cy >= 0) & (cy < height) & (cx >= 0) & (cx < width)
+    ok &= (np.abs(cy - ty) <= level.window) & (np.abs(cx - tx) <= level.window)
     cy, cx = np.where(ok, cy, by), np.where(ok, cx, bx)
     ok &= level.source[cy, cx]
     if not ok.any():
@@ -230,16 +254,16 @@ def _patchmatch_level(level: _Level, ny: np.ndarray, nx: np.ndarray, iterations:
             step = 1 if iteration % 2 == 0 else -1
             for dy, dx in ((step, 0), (0, step), (2 * step, 0), (0, 2 * step)):
                 py, px = np.clip(ty - dy, 0, height - 1), np.clip(tx - dx, 0, width - 1)
-                _consider(level, tp, by, bx, best, field_y[py, px] + dy, field_x[py, px] + dx)
+                _consider(level, tp, ty, tx, by, bx, best, field_y[py, px] + dy, field_x[py, px] + dx)
             # Random search in shrinking windows around the current match.
-            radius = max(height, width)
+            radius = level.window
             while radius >= 1:
-                _consider(level, tp, by, bx, best, by + rng.integers(-radius, radius + 1, len(by)),
+                _consider(level, tp, ty, tx, by, bx, best, by + rng.integers(-radius, radius + 1, len(by)),
                           bx + rng.integers(-radius, radius + 1, len(bx)))
                 radius //= 2
             # A fresh random source now and then escapes poor local minima.
-            ry, rx = level.random_sources(len(by), rng)
-            _consider(level, tp, by, bx, best, ry, rx)
+            ry, rx = level.local_sources(ty, tx, rng)
+            _consider(level, tp, ty, tx, by, bx, best, ry, rx)
             ny[start:start + chunk], nx[start:start + chunk] = by, bx
         _vote(level, ny, nx)
     return ny, nx
@@ -266,19 +290,31 @@ def _vote(level: _Level, ny: np.ndarray, nx: np.ndarray) -> None:
     image[filled] = (acc[filled] / weight[filled, None]).astype(np.float32)
 
 
+def texture_energy(image: np.ndarray, hole: np.ndarray, radius: int, gain: float = 2.0) -> np.ndarray:
+    """Local standard deviation of the brightness over known pixels (x ``gain``), (H, W)."""
+    grey = np.asarray(image, dtype=np.float32)[..., :3].mean(axis=2)
+    known = (~hole).astype(np.float32)
+    size = 2 * radius + 1
+    weight = ndimage.uniform_filter(known, size)
+    mean = ndimage.uniform_filter(grey * known, size) / np.maximum(weight, 1e-6)
+    square = ndimage.uniform_filter(grey * grey * known, size) / np.maximum(weight, 1e-6)
+    energy = np.sqrt(np.maximum(square - mean * mean, 0.0)) * gain
+    energy[hole] = 0.0
+    return energy.astype(np.float32)
+
+
 def patch_inpaint(image: np.ndarray, hole: np.ndarray, region: np.ndarray | None = None, *,
                   patch: int = 7, work_side: int = 256, iterations: int = 6, seed: int = 0
                   ) -> np.ndarray:
     """Fill ``hole`` in ``image`` (H, W, C) with patches copied from ``region`` minus the hole.
 
-    Coarse to fine: the coarsest level (holes a few patches wide) starts from OpenCV Telea;
+    Coarse to fine: the coarsest level (holes a few patches wide) starts from the nearest known
+    pixels;
     each level runs PatchMatch (propagation + random search) and patch voting, and hands its
     nearest-neighbour field up. Levels above ``work_side`` pixels are not searched: the field is
     upsampled and each hole pixel copies its source pixel directly, so full-resolution texture
     is copied, not averaged.
     """
-    import cv2  # OpenCV initialises the coarsest level; imported here to keep import cheap.
-
     if patch % 2 == 0 or patch < 3:
         raise PlateError(f"patch must be odd and >= 3, got {patch}")
     rng = np.random.default_rng(seed)
@@ -290,6 +326,11 @@ def patch_inpaint(image: np.ndarray, hole: np.ndarray, region: np.ndarray | None
         return image
     if not (region & ~hole).any():
         raise PlateError("nothing outside the hole to copy texture from")
+    # A texture-energy channel (local standard deviation of the brightness at full
+    # resolution): at coarse levels carpet and a plain door have the same mean colour, and
+    # only this channel tells them apart, so carpet holes are filled with carpet.
+    channels = image.shape[2]
+    image = np.concatenate([image, texture_energy(image, hole, radius)[..., None]], axis=2)
     # Pyramid: halve until the largest hole is a few patches across or the image is small.
     images, holes, regions = [image], [hole], [region & ~hole | hole]
     while min(images[-1].shape[:2]) > 8 * patch:
@@ -301,12 +342,11 @@ def patch_inpaint(image: np.ndarray, hole: np.ndarray, region: np.ndarray | None
         images.append(img)
         holes.append(~known)
         regions.append(reg)
-    # Coarsest level: Telea as the initial guess.
+    # Coarsest level: each hole pixel starts as its nearest known pixel (not a smooth
+    # diffusion fill: a smooth first guess is best matched by smooth walls, not by carpet).
     coarse = images[-1]
-    scale = max(1.0, float(coarse.max()))
-    guess = cv2.inpaint(np.clip(coarse / scale * 255, 0, 255).astype(np.uint8),
-                        holes[-1].astype(np.uint8), 3, cv2.INPAINT_TELEA)
-    coarse[holes[-1]] = guess.astype(np.float32)[holes[-1]] / 255 * scale
+    _, (iy, ix) = ndimage.distance_transform_edt(holes[-1], return_indices=True)
+    coarse[holes[-1]] = coarse[iy[holes[-1]], ix[holes[-1]]]
     ny = nx = None
     previous: _Level | None = None
     for depth in range(len(images) - 1, -1, -1):
@@ -321,7 +361,7 @@ def patch_inpaint(image: np.ndarray, hole: np.ndarray, region: np.ndarray | None
         if len(level.sy_all) == 0:
             raise PlateError("no complete patch outside the hole; use a smaller patch")
         if previous is None or ny is None:
-            ny, nx = level.random_sources(len(level.ty), rng)
+            ny, nx = level.local_sources(level.ty, level.tx, rng)
         else:
             # Coarse field -> this level: double the source, keep the sub-pixel phase.
             coarse_y = np.clip(level.ty // 2, 0, previous.hole.shape[0] - 1)
@@ -335,7 +375,7 @@ def patch_inpaint(image: np.ndarray, hole: np.ndarray, region: np.ndarray | None
             nx = field_x[coarse_y, coarse_x] * 2 + level.tx % 2
             bad = ~level.source[np.clip(ny, 0, hl.shape[0] - 1), np.clip(nx, 0, hl.shape[1] - 1)]
             bad |= (ny >= hl.shape[0]) | (nx >= hl.shape[1])
-            ry, rx = level.random_sources(int(bad.sum()), rng)
+            ry, rx = level.local_sources(level.ty[bad], level.tx[bad], rng)
             ny[bad], nx[bad] = ry, rx
         if max(img.shape[:2]) <= work_side:
             ny, nx = _patchmatch_level(level, ny, nx, iterations, rng)
@@ -345,7 +385,7 @@ def patch_inpaint(image: np.ndarray, hole: np.ndarray, region: np.ndarray | None
             img[level.ty[inside], level.tx[inside]] = img[ny[inside], nx[inside]]
             # Hole pixels within the border margin have no target entry: keep the upsampled value.
         previous = level
-    return images[0]
+    return images[0][..., :channels]
 
 
 def opencv_inpaint(image: np.ndarray, hole: np.ndarray, method: str = "telea") -> np.ndarray:
