@@ -66,6 +66,9 @@ class DetectorConfig:
     pretrained: bool = True  # False trains the backbone from scratch, explicitly
     input_size: int = 448
     num_anchors: int = 9
+    # Fixed anchors ``[[w, h], ...]`` in input pixels (e.g. one set fitted on the union of an
+    # experiment's training sets); None fits them by k-means on this run's training boxes.
+    anchor_shapes: list[list[float]] | None = None
     epochs: int = 30
     batch_size: int = 8
     learning_rate: float = 1e-3
@@ -116,6 +119,12 @@ class DetectorConfig:
             raise ConfigError(f"confidence_loss must be bce or l2, got {self.confidence_loss!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.anchor_shapes is not None:
+            shapes = self.anchor_shapes
+            if (len(shapes) != self.num_anchors
+                    or not all(len(s) == 2 and all(float(v) > 0 for v in s) for s in shapes)):
+                raise ConfigError(f"anchor_shapes must be {self.num_anchors} (num_anchors) positive "
+                                  f"[w, h] pairs, got {shapes!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

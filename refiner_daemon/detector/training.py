@@ -80,8 +80,12 @@ def train_detector(cfg: DetectorConfig, *, on_progress: ProgressCallback | None 
 
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     resume_state = _load_resume_state(last_path) if cfg.resume and last_path.exists() else None
-    anchor_shapes = (resume_state["anchor_shapes"].numpy() if resume_state is not None
-                     else training_anchor_shapes(train_samples, cfg.input_size, cfg.num_anchors, cfg.seed))
+    if resume_state is not None:
+        anchor_shapes = resume_state["anchor_shapes"].numpy()
+    elif cfg.anchor_shapes is not None:
+        anchor_shapes = np.asarray(cfg.anchor_shapes, dtype=np.float64)
+    else:
+        anchor_shapes = training_anchor_shapes(train_samples, cfg.input_size, cfg.num_anchors, cfg.seed)
     model = HeadDetector(cfg.backbone, anchor_shapes, cfg.input_size, cfg.pretrained, cfg.weights).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
