@@ -146,3 +146,81 @@ def test_inception_inputs_are_what_torchvisions_weights_expect(tmp_path: Path) -
     # ImageNet normalisation undone by transform_input: the first layer sees Google's (x - 0.5) / 0.5.
     resized = torch.nn.functional.interpolate(images, size=(299, 299), mode="bilinear", antialias=True)
     assert torch.allclose(seen[0], 2 * resized - 1, atol=1e-4)
+
+
+def _write_cepdof_set(folder: Path, frames: int, seed: int, people: str, size: int = 160) -> None:
+    """A CEPDOF-style set: one shared room (the same background in every set), two people per
+    frame as rotated boxes pointing away from the centre, painted per ``people``: "real"
+    (textured warm) or "flat" (flat blue)."""
+    room = np.kron(np.random.default_rng(100).uniform(0.2, 0.8, (size // 16, size // 16, 3)),
+                   np.ones((16, 16, 1)))
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for index in range(frames):
+        pixels = room + rng.normal(0, 0.02, room.shape)
+        for k, (cx, cy, w, h) in enumerate([(40, 80 + rng.integers(-8, 9), 50, 20),
+                                            (120, 80 + rng.integers(-8, 9), 50, 20)]):
+            x0, y0 = int(cx - w / 2), int(cy - h / 2)
+            if people == "real":
+                paint = rng.uniform(0.35, 0.95, (h, w, 3)) * np.array([1.0, 0.75, 0.6])
+            else:
+                paint = np.ones((h, w, 3)) * np.array([0.2, 0.3, 0.9])
+            pixels[y0:y0 + h, x0:x0 + w] = paint
+            annotations.append({"id": len(annotations), "image_id": index,
+                                "bbox": [float(cx), float(cy), float(w), float(h), 0.0], "person_id": k})
+        name = f"f{index:03d}.png"
+        Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8)).save(folder / name)
+        images.append({"id": index, "file_name": name, "width": size, "height": size})
+    (folder / "annotations.json").write_text(json.dumps({"images": images, "annotations": annotations}))
+
+
+def test_gap_measures_on_person_crops_and_frames(tmp_path: Path) -> None:
+    from refiner_daemon.evaluation.gap import gap_measures
+
+    _write_cepdof_set(tmp_path / "real", 6, seed=0, people="real")
+    _write_cepdof_set(tmp_path / "real_again", 6, seed=1, people="real")
+    _write_cepdof_set(tmp_path / "flat", 6, seed=2, people="flat")
+    sets = {name: tmp_path / name for name in ("real", "real_again", "flat")}
+    out = tmp_path / "gap"
+    result = gap_measures(sets, "real", out, seed=0, kid_subsets=10)
+
+    assert "MobileNetV2" in result["feature_space"] or "InceptionV3" in result["feature_space"]
+    assert set(result) == {*sets, "feature_space"}
+    for name in sets:
+        row = result[name]
+        assert set(row) >= {"crops", "frames", "fd_person", "kid_person", "kid_person_std",
+                            "fd_frame", "kid_frame", "kid_frame_std"}
+        assert row["crops"] == 12 and row["frames"] == 6
+        assert row["kid_person_subset"] == 6 and row["kid_person_std"] > 0.0
+    assert result["real"]["fd_person"] == pytest.approx(0.0, abs=1e-6)
+    assert result["real"]["fd_frame"] == pytest.approx(0.0, abs=1e-6)
+    # People that look different are seen on the crops; another sample of the same people is not.
+    flat, again = result["flat"], result["real_again"]
+    assert flat["kid_person"] > 3 * abs(again["kid_person"]) and flat["kid_person"] > 0.01
+    assert flat["fd_person"] > 2 * again["fd_person"]
+    assert json.loads((out / "gap_measures.json").read_text())["flat"]["crops"] == 12
+
+    # Crops are cached: a second call cuts nothing; a changed source is cut again.
+    records = out / "crops" / "flat" / "records.json"
+    stamp = records.stat().st_mtime_ns
+    two = {name: sets[name] for name in ("real", "flat")}
+    restricted = gap_measures(two, "real", out, frames={"flat": ["f000.png", "f001.png"]}, kid_subsets=5)
+    assert records.stat().st_mtime_ns == stamp
+    assert restricted["flat"]["frames"] == 2 and restricted["flat"]["crops"] == 4
+    assert restricted["real"]["frames"] == 6
+    _write_cepdof_set(tmp_path / "flat", 3, seed=5, people="flat")
+    again_result = gap_measures(two, "real", out, kid_subsets=5)
+    assert again_result["flat"]["crops"] == 6 and records.stat().st_mtime_ns != stamp
+
+
+def test_gap_measures_refuse_bad_input(tmp_path: Path) -> None:
+    from refiner_daemon.evaluation.gap import GapError, gap_measures
+
+    _write_cepdof_set(tmp_path / "real", 2, seed=0, people="real")
+    with pytest.raises(GapError, match="reference"):
+        gap_measures({"real": tmp_path / "real"}, "other", tmp_path / "out")
+    with pytest.raises(GapError, match="neither"):
+        gap_measures({"real": tmp_path / "real", "images": tmp_path}, "real", tmp_path / "out")
+    with pytest.raises(GapError, match="not in"):
+        gap_measures({"real": tmp_path / "real"}, "real", tmp_path / "out", frames={"real": ["nope.png"]})
