@@ -18,9 +18,10 @@ import bpy
 import numpy as np
 from PIL import Image, ImageDraw
 
-from blender_addon.bl import humans
+from blender_addon.bl import humans, scene_build
 from blender_addon.core.garments import AssetLibrary, find_assets_root
 from blender_addon.core.human_params import sample_person_params, sample_pose
+from blender_addon.core.lighting import sample_office_rig
 from blender_addon.core.posing import pose_library_for
 from protocol.fileio import atomic_write_bytes, atomic_write_json
 
@@ -29,7 +30,7 @@ PIXELS_PER_METRE = 110
 SEAT_HEIGHT = 0.45
 
 
-def _setup_scene(samples: int) -> bpy.types.Scene:
+def _setup_scene(samples: int, lighting: str = "sun") -> bpy.types.Scene:
     bpy.ops.wm.read_factory_settings(use_empty=True)
     scene = bpy.context.scene
     scene.render.engine = "CYCLES"
@@ -40,8 +41,10 @@ def _setup_scene(samples: int) -> bpy.types.Scene:
     world = bpy.data.worlds.new("sheet_world")
     world.use_nodes = True
     world.node_tree.nodes["Background"].inputs["Color"].default_value = (0.55, 0.58, 0.62, 1.0)
-    world.node_tree.nodes["Background"].inputs["Strength"].default_value = 0.9
+    world.node_tree.nodes["Background"].inputs["Strength"].default_value = 0.9 if lighting == "sun" else 0.35
     scene.world = world
+    if lighting == "office":
+        return scene  # the ceiling rig is added once the people are placed
     sun = bpy.data.objects.new("sun", bpy.data.lights.new("sun", "SUN"))
     sun.data.energy = 3.5
     sun.rotation_euler = (math.radians(35), math.radians(15), math.radians(30))
@@ -71,8 +74,8 @@ def _render(scene: bpy.types.Scene, camera: bpy.types.Object, width: int, height
 
 
 def build_sheet(out: Path, count: int, seed: int, mocap: Path | None, samples: int, per_row: int,
-                assets: AssetLibrary | None = None) -> list[dict]:
-    scene = _setup_scene(samples)
+                assets: AssetLibrary | None = None, lighting: str = "office") -> list[dict]:
+    scene = _setup_scene(samples, lighting)
     library = pose_library_for(str(mocap) if mocap else None, str(assets.root) if assets else None)
     if library is not None:
         print("pose sources (frames accepted/rejected):", json.dumps(library.stats()))
@@ -100,6 +103,11 @@ def build_sheet(out: Path, count: int, seed: int, mocap: Path | None, samples: i
             row_objects[row].append(seat)
         records.append(handle.record)
     bpy.ops.mesh.primitive_plane_add(size=200.0, location=(0, 0, 0))
+    if lighting == "office":
+        # Ceiling panels 2.85 m up over every row, as in a rendered frame (core.lighting).
+        floor = [[(-width_m / 2, -1.5), (width_m / 2, -1.5), (width_m / 2, (rows - 1) * 10.0 + 1.5),
+                  (-width_m / 2, (rows - 1) * 10.0 + 1.5)]]
+        scene_build.apply_rig(sample_office_rig(np.random.default_rng(seed), floor, 2.85, window_probability=0.0))
     tmp = out.parent / f".{out.stem}_tiles"
     tmp.mkdir(parents=True, exist_ok=True)
     strips: list[Image.Image] = []
@@ -155,13 +163,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="MakeHuman asset folder (garments, hair); default $FISHEYE_SYNTH_MAKEHUMAN_ASSETS "
                              "or ../shared/data/makehuman_assets when present")
     parser.add_argument("--no-assets", action="store_true", help="painted clothing and shell hair only")
+    parser.add_argument("--lighting", choices=("office", "sun"), default="office",
+                        help="ceiling panels as in rendered frames (default) or one sun")
     args = parser.parse_args(argv)
     if args.count < 1 or args.per_row < 1:
         parser.error("--count and --per-row must be at least 1")
     root = None if args.no_assets else find_assets_root(args.assets)
     assets = AssetLibrary(root) if root else None
     print(f"assets: {root or 'none (painted clothing)'}")
-    records = build_sheet(args.out, args.count, args.seed, args.mocap, args.samples, args.per_row, assets)
+    records = build_sheet(args.out, args.count, args.seed, args.mocap, args.samples, args.per_row, assets,
+                          args.lighting)
     print(f"wrote {args.out} with {len(records)} people")
     return 0
 

@@ -171,8 +171,32 @@ def _fabric_surface(nodes: bpy.types.Nodes, links: bpy.types.NodeLinks, bsdf: bp
 
 
 def _skin_material(name: str) -> bpy.types.Material:
+    """MPFB2's enhanced skin without its texture images: Principled BSDF with subsurface
+    scattering (radius 1.0 / 0.2 / 0.1 as in MPFB2, scaled to about a centimetre in metres),
+    a thin coat (0.1, roughness 0.3), fine pore bump, and a low-frequency redder mottling
+    (MPFB2's colorMixIn) so the tone is not one flat colour."""
     material, nodes, links, bsdf = _new_material(name)
-    links.new(_attribute(nodes, "fh_skin"), bsdf.inputs["Base Color"])
+    tone = _attribute(nodes, "fh_skin")
+    mottling = nodes.new("ShaderNodeTexNoise")
+    mottling.inputs["Scale"].default_value = 9.0
+    mottling.inputs["Detail"].default_value = 3.0
+    redder = nodes.new("ShaderNodeMix")
+    redder.data_type = "RGBA"
+    redder.blend_type = "MULTIPLY"
+    redder.inputs["Factor"].default_value = 1.0
+    links.new(tone, redder.inputs["A"])
+    redder.inputs["B"].default_value = (1.0, 0.78, 0.74, 1.0)
+    mix = nodes.new("ShaderNodeMix")
+    mix.data_type = "RGBA"
+    links.new(_math(nodes, links, "MULTIPLY", mottling.outputs["Fac"], 0.6), mix.inputs["Factor"])
+    links.new(tone, mix.inputs["A"])
+    links.new(redder.outputs["Result"], mix.inputs["B"])
+    links.new(mix.outputs["Result"], bsdf.inputs["Base Color"])
+    links.new(_attribute(nodes, "fh_skin_sss", "Fac"), bsdf.inputs["Subsurface Weight"])
+    bsdf.inputs["Subsurface Radius"].default_value = (1.0, 0.2, 0.1)
+    bsdf.inputs["Subsurface Scale"].default_value = 0.012
+    bsdf.inputs["Coat Weight"].default_value = 0.1
+    bsdf.inputs["Coat Roughness"].default_value = 0.3
     links.new(_attribute(nodes, "fh_skin_roughness", "Fac"), bsdf.inputs["Roughness"])
     pores = nodes.new("ShaderNodeTexNoise")
     pores.inputs["Scale"].default_value = 250.0

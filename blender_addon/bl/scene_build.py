@@ -245,7 +245,7 @@ RIG_COLLECTION = "lighting_rig"
 def apply_lighting(lighting: LightingRecipe, rig: LightingRig | None = None) -> None:
     """A uniform world (soft fill) plus either the indoor rig's area lights (ceiling panels,
     maybe a window; see ``core.lighting``) or, without a rig, one sun."""
-    _apply_rig(rig)
+    apply_rig(rig)
     world = bpy.context.scene.world or bpy.data.worlds.new("world")
     bpy.context.scene.world = world
     world.use_nodes = True
@@ -264,7 +264,7 @@ def apply_lighting(lighting: LightingRecipe, rig: LightingRig | None = None) -> 
                           math.radians(lighting.sun_azimuth_deg))
 
 
-def _apply_rig(rig: LightingRig | None) -> None:
+def apply_rig(rig: LightingRig | None) -> None:
     """Replace the previous frame's rig lights with ``rig``'s (none when it is None)."""
     collection = bpy.data.collections.get(RIG_COLLECTION)
     if collection is None:

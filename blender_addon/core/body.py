@@ -360,6 +360,10 @@ def shader_values(params: PersonParams) -> dict[str, object]:
         "fh_skin": skin_colour(params),
         "fh_skin_roughness": 0.65 - 0.4 * params.skin_oil,
         "fh_skin_bump": 0.05 + 0.25 * params.skin_bump,
+        # Subsurface scattering weight: light skin shows more of the red glow under its
+        # surface than dark skin, whose melanin absorbs it near the surface (MPFB2's enhanced
+        # skin uses 0.2).
+        "fh_skin_sss": 0.3 - 0.15 * (params.skin_melanin - 0.2) / 0.8,
         "fh_shoes": srgb_to_linear(params.shoes_colour),
         "fh_eyes": (0.02, 0.015, 0.01),
         "fh_hair": srgb_to_linear(params.hair_colour),
