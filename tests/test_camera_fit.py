@@ -106,3 +106,33 @@ def test_postures_from_annotations(tmp_path) -> None:
     assert (boxes[1].length_px, boxes[1].width_px) == (30.0, 12.0)
     with pytest.raises(cf.CameraFitError, match="no person boxes"):
         cf.person_boxes_from_cepdof(path, ["b"])
+
+
+def test_person_models_are_measured_on_rendered_people(tmp_path) -> None:
+    """A rendered dataset of a known camera: the cylinders that made its boxes come back."""
+    camera = cf.camera_from(cf.lens_for("equidistant", 180.0, 250.0), (512, 512), (256.0, 256.0),
+                            2.8, (0.0, 0.0))
+    truth = {"standing": cf.PersonModel(1.75, 0.45), "sitting": cf.PersonModel(1.0, 0.7)}
+    rng = np.random.default_rng(2)
+    (tmp_path / "frames").mkdir()
+    for index in range(3):
+        people, annotations = [], []
+        for posture, model in truth.items():
+            radius, angle = rng.uniform(0.5, 3.5, 4), rng.uniform(0, 2 * math.pi, 4)
+            base = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
+            centres, length, width = cf.person_boxes_at(camera, base, model)
+            for c, ln, w in zip(centres, length, width):
+                instance = len(people) + 1
+                people.append({"pass_index": instance, "kind": posture})
+                annotations.append({"instance_id": instance, "visibility": 1.0,
+                                    "rbox": [float(c[0]), float(c[1]), float(w), float(ln), 0.0]})
+        record = {"width": 512, "annotations": annotations,
+                  "manifest": {"scene_dir": "unused", "recipe": {"people": people}}}
+        (tmp_path / "frames" / f"{index:06d}.json").write_text(json.dumps(record))
+    models, report = cf.calibrate_person_models(tmp_path, camera)
+    for posture, model in truth.items():
+        assert models[posture].height_m == pytest.approx(model.height_m, abs=0.051)
+        assert models[posture].diameter_m == pytest.approx(model.diameter_m, abs=0.051)
+        assert report[posture]["people"] == 12
+    with pytest.raises(cf.CameraFitError, match="no frames"):
+        cf.calibrate_person_models(tmp_path / "empty", camera)

@@ -275,6 +275,60 @@ def predicted_boxes(camera: FisheyeCamera, centres_px: np.ndarray, model: Person
     return length, width, base
 
 
+def calibrate_person_models(render_dir: str | Path, camera: FisheyeCamera | None = None,
+                            min_visibility: float = 0.6,
+                            heights: np.ndarray | None = None, diameters: np.ndarray | None = None
+                            ) -> tuple[dict[str, PersonModel], dict[str, dict[str, float]]]:
+    """The cylinder per posture that best gives the rendered people's box sizes.
+
+    ``render_dir`` is a dataset of the batch renderer (``frames/*.json``, whose manifest says
+    who sits and who stands) of a scene whose camera is known; ``camera`` defaults to the one
+    recorded in the frames (the scene in ``manifest.scene_dir`` at the rendered size). People
+    less than ``min_visibility`` visible are skipped (a table hides their legs). Grid search
+    on the median absolute log error of length and width. Returns (models, report).
+    """
+    from blender_addon.core.scene_format import load_scene
+
+    heights = np.arange(0.7, 1.95, 0.05) if heights is None else heights
+    diameters = np.arange(0.3, 1.05, 0.05) if diameters is None else diameters
+    rows: dict[str, list[tuple[float, float, float, float]]] = {p: [] for p in POSTURES}
+    frames = sorted(Path(render_dir).glob("frames/*.json"))
+    if not frames:
+        raise CameraFitError(f"{render_dir} has no frames/*.json: render a dataset of a known scene first")
+    for path in frames:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if camera is None:
+            scene = load_scene(record["manifest"]["scene_dir"])
+            camera = scene.camera_for(int(record["width"]))
+        kinds = {p["pass_index"]: p["kind"] for p in record["manifest"]["recipe"]["people"]}
+        for entry in record["annotations"]:
+            posture = kinds.get(entry["instance_id"])
+            if posture not in rows or entry.get("visibility", 1.0) < min_visibility:
+                continue
+            cx, cy, w, h, _ = entry["rbox"]
+            rows[posture].append((cx, cy, max(w, h), min(w, h)))
+    assert camera is not None
+    models, report = dict(PERSON_MODELS), {}
+    for posture, values in rows.items():
+        if len(values) < 3:
+            continue
+        data = np.asarray(values)
+        best = None
+        for height in heights:
+            for diameter in diameters:
+                model = PersonModel(round(float(height), 3), round(float(diameter), 3))
+                length, width, _ = predicted_boxes(camera, data[:, :2], model)
+                error = np.concatenate([np.log(length / data[:, 2]), np.log(width / data[:, 3])])
+                cost = float(np.median(np.abs(error)))
+                if best is None or cost < best[0]:
+                    best = (cost, model)
+        assert best is not None
+        models[posture] = best[1]
+        report[posture] = {"people": len(values), "median_abs_log_error": round(best[0], 4),
+                           **asdict(best[1])}
+    return models, report
+
+
 # ---------------------------------------------------------------------------------------------
 # The fit.
 
@@ -488,6 +542,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scene", type=Path, help="write the camera into this scene folder's scene.json")
     parser.add_argument("--keep-lens", action="store_true",
                         help="keep the --scene's calibrated lens; fit only height and tilt")
+    parser.add_argument("--person-models-from", type=Path, metavar="RENDER_DIR",
+                        help="measure the person cylinders on a rendered dataset of a scene with a "
+                             "known camera (default: the built-in sizes, measured this way)")
     parser.add_argument("--report", type=Path, help="write the fit as JSON here")
     args = parser.parse_args(argv)
     from blender_addon.core.clean_plate import load_frames
@@ -514,8 +571,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             spec = load_scene(args.scene)
             keep_lens, principal = spec.lens, spec.principal_point_px
+        models = None
+        if args.person_models_from:
+            models, calibration = calibrate_person_models(args.person_models_from)
+            print(f"person models from {args.person_models_from}: {calibration}")
         fit = fit_camera(boxes, size, circle, keep_lens=keep_lens, principal_point=principal,
-                         fit_tilt=not args.no_tilt, fov_range=tuple(args.fov_range))
+                         fit_tilt=not args.no_tilt, fov_range=tuple(args.fov_range), models=models)
     except CameraFitError as exc:
         print(f"fit-camera: {exc}", file=sys.stderr)
         return 2
