@@ -190,6 +190,15 @@ def _numbers(value: Any, count: int, where: str) -> tuple[float, ...]:
     return numbers
 
 
+def _box(value: Any, count: int, where: str) -> tuple[float, ...]:
+    """A box ``[x, y, w, h]`` or ``[cx, cy, w, h, angle]``: finite numbers, w and h >= 0."""
+    numbers = _numbers(value, count, where)
+    if numbers[2] < 0 or numbers[3] < 0:
+        raise AnnotationError(f"{where} has a negative width or height ({value!r}); fix the "
+                              "annotation (w and h are sizes, not corners)")
+    return numbers
+
+
 def _images(data: dict[str, Any], folder: Path, path: Path) -> dict[Any, dict[str, Any]]:
     images: dict[Any, dict[str, Any]] = {}
     for index, entry in enumerate(data["images"]):
@@ -232,7 +241,7 @@ def load_cepdof(folder: str | Path) -> list[ImageAnnotations]:
     for index, entry in enumerate(data["annotations"]):
         where = f"{path}: annotations[{index}]"
         image_id = _annotation_image(entry, images, where)
-        rbox = _numbers(entry.get("bbox"), 5, f"{where}.bbox [cx, cy, w, h, angle_degrees]")
+        rbox = _box(entry.get("bbox"), 5, f"{where}.bbox [cx, cy, w, h, angle_degrees]")
         info = images[image_id]
         head_xy, head_box = head_from_rbox(rbox, image_centre(info["width"], info["height"]))
         corners = rbox_corners(rbox)
@@ -262,10 +271,10 @@ def load_rendered_coco(folder: str | Path) -> list[ImageAnnotations]:
         if "head_point" not in entry:
             raise AnnotationError(f"{where} has no head_point [x, y]; the crop needs one")
         head_xy = _numbers(entry["head_point"], 2, f"{where}.head_point")
-        head_box = (_numbers(entry["head_bbox"], 4, f"{where}.head_bbox")
+        head_box = (_box(entry["head_bbox"], 4, f"{where}.head_bbox")
                     if entry.get("head_bbox") is not None else None)
-        rbox = _numbers(entry["rbox"], 5, f"{where}.rbox") if entry.get("rbox") is not None else None
-        bbox = _numbers(entry["bbox"], 4, f"{where}.bbox") if entry.get("bbox") is not None else None
+        rbox = _box(entry["rbox"], 5, f"{where}.rbox") if entry.get("rbox") is not None else None
+        bbox = _box(entry["bbox"], 4, f"{where}.bbox") if entry.get("bbox") is not None else None
         segmentation = entry.get("segmentation")
         if isinstance(segmentation, dict):
             size = segmentation.get("size")

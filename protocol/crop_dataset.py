@@ -38,7 +38,9 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from protocol.annotations import PersonAnnotation, load_annotations, rbox_mask
+from protocol.cli import run_main
 from protocol.crops import DEFAULT_CROP_SIZE, DEFAULT_FEATHER_PX, CropError, crop_mask, crop_person
+from protocol.datacheck import BadDataError, check_images
 from protocol.fileio import atomic_write_bytes, atomic_write_json
 
 RECORDS_FORMAT_VERSION = 1
@@ -86,8 +88,12 @@ def _png_bytes(array: np.ndarray) -> bytes:
 def _load_rgb(path: Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"image {path} listed in the annotations is missing")
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, SyntaxError) as exc:  # passed the fast check, failed to decode
+        raise BadDataError(f"image cannot be decoded ({exc}), {path}; fix or remove it, or "
+                           "pass --skip-bad") from exc
 
 
 def fit_region(person: PersonAnnotation, width: int, height: int, fit: str = DEFAULT_FIT
@@ -113,11 +119,22 @@ def build_crop_dataset(
     *,
     progress: bool = True,
     contact_sheet: str | Path | None = None,
+    skip_bad: bool = False,
 ) -> dict[str, Any]:
     """Cut every annotated person in ``source`` into ``out`` (layout in the module
-    docstring). Returns a summary: counts, skipped persons with reasons, output paths."""
+    docstring). Returns a summary: counts, skipped persons with reasons, output paths.
+
+    Every image with people is checked before anything is written (``protocol.datacheck``):
+    a missing, empty, truncated or non-image file raises ``BadDataError`` naming it; with
+    ``skip_bad`` such images are left out and listed in ``records.json``
+    (``skipped_bad_files``)."""
     source, out = Path(source), Path(out)
     source_format, images = load_annotations(source)
+    good, bad_files = check_images([image.path for image in images if image.persons],
+                                   skip_bad=skip_bad, what=f"images listed in {source}")
+    if bad_files:
+        keep = set(good)
+        images = [image for image in images if not image.persons or image.path in keep]
     atomic_write_json(out / "config.json", {"source": str(source), **asdict(config)})
     items: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
@@ -169,10 +186,12 @@ def build_crop_dataset(
         "config": asdict(config),
         "items": items,
         "skipped": skipped,
+        "skipped_bad_files": [b.to_dict() for b in bad_files],
     })
     summary: dict[str, Any] = {
         "source_format": source_format, "images": len(images), "persons": total,
         "crops": len(items), "skipped": skipped, "records": str(out / "records.json"),
+        "skipped_bad_files": [b.to_dict() for b in bad_files],
     }
     if contact_sheet is not None:
         summary["contact_sheet"] = str(write_contact_sheet(sheet_tiles, contact_sheet))
@@ -232,6 +251,11 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The crop command under ``protocol.cli.run_main`` (one-line errors, exit 2)."""
+    return run_main(_main, argv, prog="crop_dataset")
+
+
+def _main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m protocol.crop_dataset",
         description="Cut upright person crops (head near the top, body toward the image "
@@ -266,20 +290,22 @@ masks/ (rendered data only), records.json and config.json.""",
     parser.add_argument("--contact-sheet", type=Path, default=None,
                         help="also write all crops tiled into this JPEG (< 400 KB)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave out missing, empty, truncated or non-image files instead of "
+                             "stopping; they are listed in records.json (skipped_bad_files)")
     args = parser.parse_args(argv)
-    try:
-        config = CropDatasetConfig(size=args.size, fit=args.fit, min_scale=args.min_scale,
-                                   max_scale=args.max_scale, fit_margin_px=args.fit_margin,
-                                   antialias=not args.no_antialias)
-        summary = build_crop_dataset(args.source, args.out, config, progress=not args.quiet,
-                                     contact_sheet=args.contact_sheet)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    config = CropDatasetConfig(size=args.size, fit=args.fit, min_scale=args.min_scale,
+                               max_scale=args.max_scale, fit_margin_px=args.fit_margin,
+                               antialias=not args.no_antialias)
+    summary = build_crop_dataset(args.source, args.out, config, progress=not args.quiet,
+                                 contact_sheet=args.contact_sheet, skip_bad=args.skip_bad)
     print(f"{summary['crops']} crops from {summary['persons']} persons in {summary['images']} "
           f"{summary['source_format']} images -> {summary['records']}")
     for entry in summary["skipped"]:
         print(f"skipped {entry['image_id']} person {entry['person_index']}: {entry['reason']}")
+    if summary["skipped_bad_files"]:
+        print(f"skipped {len(summary['skipped_bad_files'])} bad images (listed in "
+              f"{summary['records']})", file=sys.stderr)
     if "contact_sheet" in summary:
         print(f"contact sheet: {summary['contact_sheet']}")
     return 0

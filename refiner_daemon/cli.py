@@ -12,13 +12,14 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 
+from protocol import processes
+from protocol.cli import CliError, run_main
 from protocol.errors import ProtocolError
 from protocol.fileio import atomic_write_json, atomic_write_text
 from protocol.messages import JobList, JobListReply
@@ -75,8 +76,8 @@ def read_key(path: str | Path) -> str:
     try:
         return Path(path).read_text(encoding="ascii").strip()
     except OSError as exc:
-        raise SystemExit(f"error: cannot read key file {path}: {exc}; make one with "
-                         "`refiner-daemon keygen`") from None
+        raise CliError(f"cannot read key file {path} ({exc.strerror or exc}); make one with "
+                       "`refiner-daemon keygen`") from None
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -140,8 +141,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    received: list[int] = []
+
+    def on_stop(signum: int) -> None:
+        received.append(signum)
+        stop.set()
+
+    # SIGINT, SIGTERM, SIGHUP: leave the serve loop; jobs are asked to stop (and resume on
+    # restart); the exit code is 128 + the signal number.
+    restore = processes.install_stop_handlers("refiner-daemon serve", on_stop=on_stop)
     print(f"refiner daemon on {server.endpoint}; device {service.device}; models "
           f"{service.available_models()}; Ctrl+C stops it (running jobs resume on restart)",
           flush=True)
@@ -150,7 +158,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         server.close()
         service.close()
-    return 0
+        restore()
+    return 128 + received[0] if received else 0
 
 
 def client_keys(args: argparse.Namespace) -> CurveClientKeys | None:
@@ -351,9 +360,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     return int(args.run(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``refiner-daemon``, under ``protocol.cli.run_main``: bad input prints one line and
+    exits 2 (traceback with --debug or FISHEYE_DEBUG=1); a stop signal exits 128 + N."""
+    return run_main(_main, argv, prog="refiner-daemon")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ model, an unreachable daemon or a folder that is not a dataset."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -240,7 +241,7 @@ def test_the_demo_command_lines_work_against_a_daemon_process(daemon: DaemonServ
         assert "refined 3 frames (5 people)" in refine.stdout
         assert (out / "coco.json").read_bytes() == (dataset / "coco.json").read_bytes()
         process.terminate()
-        assert process.wait(30) == 0
+        assert process.wait(30) == 128 + signal.SIGTERM  # the stop contract
         gone = subprocess.run([*python, "status", "--endpoint", endpoint, "--timeout-ms",
                                "300", "--retries", "0"], check=False, capture_output=True, text=True,
                               timeout=60)

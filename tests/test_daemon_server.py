@@ -5,6 +5,7 @@ their event stream, and the ``refiner-daemon`` CLI (keygen, serve, status)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -371,7 +372,7 @@ def test_serve_and_status_with_curve_keys_as_processes(tmp_path: Path, models_di
             check=False, capture_output=True, text=True, timeout=60)
         assert stranger.returncode == 1  # no keys: the daemon never answers
         daemon.terminate()  # SIGTERM: a clean shutdown
-        assert daemon.wait(20) == 0
+        assert daemon.wait(20) == 128 + signal.SIGTERM  # the stop contract (protocol.processes)
         assert (tmp_path / "state" / "daemon.json").exists()
     finally:
         if daemon.poll() is None:

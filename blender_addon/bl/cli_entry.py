@@ -21,6 +21,7 @@ if __package__ in (None, ""):
 import bpy
 
 from blender_addon.core.render_cli import Backend, run
+from protocol.cli import run_main
 
 ENTRY_FILE = Path(__file__).resolve()
 
@@ -49,8 +50,12 @@ def render_in_process(out: Path, frames: list[int], threads: int) -> None:
     render_frames(out, frames, threads)
 
 
-def main() -> int:
-    return run(_script_args(), Backend(worker_command, render_in_process))
+def main(argv: list[str] | None = None) -> int:
+    """The render command under the project's error and stop contract (``protocol.cli``):
+    bad input exits 2 with one line, SIGTERM/SIGINT/SIGHUP stop the workers and exit 128+N."""
+    backend = Backend(worker_command, render_in_process)
+    return run_main(lambda args: run(args, backend), _script_args() if argv is None else argv,
+                    prog="render")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ A frame is complete when ``frames/<frame>.json`` exists; it is written last, aft
 image and mask (each written atomically). Rerunning the same command renders only the
 frames that lack it. Workers are separate processes that render at most
 ``frames_per_worker`` frames and exit, so memory cannot creep; the parent needs no Blender.
+Workers never outlive the parent: they are tracked by ``protocol.processes`` (a stop signal
+to the parent ends them) and get a parent-death signal (``kill -9`` of the parent ends them).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import numpy as np
 
 from blender_addon.core.placement import PlacementConfig, place_people, sample_counts
 from blender_addon.core.scene_format import SceneSpec
+from protocol import processes
 from protocol.fileio import atomic_write_json
 
 RUN_CONFIG = "run_config.json"
@@ -362,7 +365,7 @@ def run_worker_pool(
         while queue or running:
             while queue and len(running) < workers:
                 chunk = queue.pop(0)
-                process = subprocess.Popen(worker_command(chunk), env=child_env)
+                process = processes.popen(worker_command(chunk), env=child_env)
                 running.append((process, chunk))
             time.sleep(poll_seconds)
             for process, chunk in list(running):
@@ -370,6 +373,7 @@ def run_worker_pool(
                 if code is None:
                     continue
                 running.remove((process, chunk))
+                processes.untrack(process)
                 if code != 0:
                     failed.append((chunk, code))
             newly = [i for i in frames if i not in done and frame_done(out, i)]
@@ -377,10 +381,9 @@ def run_worker_pool(
             if progress is not None and newly:
                 progress.update(len(newly))
     except BaseException:
-        for process, _ in running:
-            process.kill()
-        for process, _ in running:
-            process.wait()
+        # An error, Ctrl-C or a stop signal: no worker may keep rendering without us. Frames
+        # are written atomically, so what is on disk stays valid and a rerun resumes.
+        processes.stop_children(which=[process for process, _ in running])
         raise
     return PoolReport(sorted(done), failed, time.monotonic() - start)
 

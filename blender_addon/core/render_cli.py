@@ -20,6 +20,8 @@ from blender_addon.core.batch import BatchConfig, BatchError
 from blender_addon.core.dataset import build_coco, contact_sheet
 from blender_addon.core.placement import PlacementConfig, PlacementError, check_capacity
 from blender_addon.core.scene_format import SceneFormatError, load_scene
+from protocol import processes
+from protocol.datacheck import check_image
 
 EPILOG = """\
 examples:
@@ -176,6 +178,11 @@ def run(argv: Sequence[str], backend: Backend) -> int:
     out: Path = args.out
     try:
         if args.worker_frames is not None:
+            # A worker never outlives the command that started it, and a stop signal ends it
+            # at once: frames are written atomically, and Blender's render loop would swallow
+            # the exception a graceful stop raises.
+            processes.die_with_parent()
+            processes.install_stop_handlers("render worker", exit_after_s=0)
             backend.render_in_process(out, args.worker_frames, args.threads)
             return 0
         if args.rebuild_coco:
@@ -184,6 +191,10 @@ def run(argv: Sequence[str], backend: Backend) -> int:
             return 0
         config = config_from_args(args)
         scene = load_scene(config.scene)
+        photo_problem = check_image(scene.photo_path)
+        if photo_problem is not None:
+            raise SceneFormatError(f"{photo_problem}, {scene.photo_path} (the scene's photo); "
+                                   "replace it with a complete image of the empty room")
         check_capacity(scene, config.placement)
         shard = batch.parse_shard(args.shard)
         if args.workers < 0:
@@ -208,6 +219,7 @@ def run(argv: Sequence[str], backend: Backend) -> int:
         with tqdm(total=len(frames), initial=len(frames) - len(pending), unit="frame",
                   disable=args.no_progress, desc="render") as progress:
             if args.workers == 0:
+                processes.install_stop_handlers("render", exit_after_s=0)  # as a worker
                 backend.render_in_process(out, pending, threads)
                 progress.update(len(pending))
             else:

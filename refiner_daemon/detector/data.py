@@ -36,6 +36,7 @@ from protocol.annotations import (
 )
 from protocol.annotations import load_cepdof as read_cepdof
 from protocol.annotations import load_rendered_coco as read_rendered_coco
+from protocol.datacheck import BadFile, check_images
 from refiner_daemon.detector.config import DatasetSpec
 
 
@@ -116,12 +117,18 @@ def _read_json(path: Path) -> dict:
         raise DatasetError(f"{path} is not valid JSON: {exc}") from exc
 
 
-def load_samples(spec: DatasetSpec, head_box_scale: float = HEAD_BOX_SCALE) -> list[HeadSample]:
+def load_samples(spec: DatasetSpec, head_box_scale: float = HEAD_BOX_SCALE, *,
+                 skip_bad: bool = False, bad: list[BadFile] | None = None) -> list[HeadSample]:
     """The samples one :class:`DatasetSpec` names: format detected from the folder's files,
-    narrowed to ``spec.images`` and then to ``spec.limit`` after a seeded shuffle."""
+    narrowed to ``spec.images`` and then to ``spec.limit`` after a seeded shuffle.
+
+    Every image is checked first (``protocol.datacheck.check_image``: missing, empty,
+    truncated, not an image): a bad one raises ``BadDataError`` naming it, or with
+    ``skip_bad`` is left out and appended to ``bad``."""
     folder = Path(spec.path)
     if not folder.is_dir():
-        raise DatasetError(f"dataset folder {folder} does not exist")
+        raise DatasetError(f"dataset folder {folder} does not exist; pass a folder with coco.json "
+                           "(a rendered set) or annotations.json (CEPDOF frames)")
     if (folder / "coco.json").exists():
         samples = load_rendered_coco(folder, head_box_scale)
     elif (folder / "annotations.json").exists():
@@ -137,9 +144,13 @@ def load_samples(spec: DatasetSpec, head_box_scale: float = HEAD_BOX_SCALE) -> l
     if spec.limit is not None:
         order = np.random.default_rng(spec.seed).permutation(len(samples))
         samples = [samples[i] for i in order[: spec.limit]]
-    for sample in samples:
-        if not sample.image_path.exists():
-            raise DatasetError(f"image {sample.image_path} listed in {folder} is missing")
+    good, bad_files = check_images([s.image_path for s in samples], skip_bad=skip_bad,
+                                   what=f"images listed in {folder}")
+    if bad is not None:
+        bad.extend(bad_files)
+    if bad_files:
+        keep = set(good)
+        samples = [s for s in samples if s.image_path in keep]
     return samples
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 import torch
 
 from protocol.annotations import HEAD_BOX_SCALE
+from protocol.cli import run_main
+from protocol.datacheck import BadFile
 from protocol.fileio import atomic_write_json
 from refiner_daemon.detector.config import DatasetSpec
 from refiner_daemon.detector.data import HeadDataset, collate, load_samples
@@ -86,6 +89,11 @@ def evaluate_checkpoint(checkpoint: str | Path, datasets: Sequence[DatasetSpec |
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The evaluation command under ``protocol.cli.run_main`` (one-line errors, exit 2)."""
+    return run_main(_main, argv, prog="detector-evaluate")
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m refiner_daemon.detector.evaluate",
         description="Precision, recall and F1 (IoU > tau) of detector checkpoints on a test set. "
@@ -106,13 +114,31 @@ def main(argv: list[str] | None = None) -> int:
                         help="confidence threshold (default: the one chosen on validation)")
     parser.add_argument("--out", type=Path, default=None, help="folder for the JSON results")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave out unreadable, truncated or missing images instead of "
+                             "stopping; they are listed in each result JSON")
     args = parser.parse_args(argv)
     specs = [DatasetSpec(path=d, images=args.images) for d in args.data]
+    # Check every input before the first (slow) evaluation; nothing is written on bad input.
+    for checkpoint in map(Path, args.checkpoints):
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"checkpoint {checkpoint} does not exist; pass a best.pt "
+                                    "or last.pt written by python -m refiner_daemon.detector.train")
+    bad: list[BadFile] = []
+    for spec in specs:
+        good = load_samples(spec, skip_bad=args.skip_bad, bad=bad)
+        if bad and args.skip_bad:
+            spec.images = [s.image_path.name for s in good]
+    if bad:
+        print(f"skipped {len(bad)} bad images (listed in the result JSON)", file=sys.stderr)
     for checkpoint in map(Path, args.checkpoints):
         target = (args.out / f"{checkpoint.stem}.{checkpoint.parent.name}.eval.json" if args.out
                   else checkpoint.with_suffix(".eval.json"))
         result = evaluate_checkpoint(checkpoint, specs, confidence_threshold=args.threshold,
-                                     iou_threshold=args.iou, output_json=target, device=args.device)
+                                     iou_threshold=args.iou, device=args.device)
+        if bad:
+            result["skipped_bad_files"] = [b.to_dict() for b in bad]
+        atomic_write_json(target, result)
         summary = {k: result[k] for k in ("epoch", "seed", "confidence_threshold", "precision", "recall", "f1")}
         print(f"{checkpoint}: {json.dumps(summary)} -> {target}")
     return 0

@@ -86,6 +86,13 @@ def compare_onnx_with_torch(model: HeadDetector, onnx_path: str | Path, images: 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The export command under ``protocol.cli.run_main`` (one-line errors, exit 2)."""
+    from protocol.cli import run_main
+
+    return run_main(_main, argv, prog="detector-export")
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m refiner_daemon.detector.export",
         description="Export a detector checkpoint to ONNX (boxes and scores per anchor; NMS on the host).",

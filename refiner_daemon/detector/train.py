@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
+from protocol.cli import run_main
+from protocol.datacheck import BadFile
+from protocol.fileio import atomic_write_json
 from refiner_daemon.detector.config import ConfigError, DetectorConfig
+from refiner_daemon.detector.data import load_samples
 from refiner_daemon.detector.training import train_detector
 
 EPILOG = """\
@@ -52,7 +58,30 @@ def build_config(args: argparse.Namespace) -> DetectorConfig:
     return DetectorConfig.from_dict(data)
 
 
+def check_datasets(config: DetectorConfig, *, skip_bad: bool = False) -> list[BadFile]:
+    """Check every training and validation image before training starts (a bad one raises
+    ``BadDataError`` naming it). With ``skip_bad`` the specs holding bad images are narrowed
+    to their good images (``DatasetSpec.images``, saved in config.json) and the bad ones are
+    returned."""
+    bad: list[BadFile] = []
+    for spec in [*config.train, *config.val]:
+        before = len(bad)
+        good = load_samples(spec, config.head_box_scale, skip_bad=skip_bad, bad=bad)
+        if len(bad) > before:
+            if not good:
+                raise ValueError(f"every image of {spec.path} is bad (first: {bad[before].reason}, "
+                                 f"{bad[before].path}); fix the dataset")
+            spec.images = [s.image_path.name for s in good]
+            spec.limit = None  # already applied: the good images of the narrowed set
+    return bad
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The training command under ``protocol.cli.run_main`` (one-line errors, exit 2)."""
+    return run_main(_main, argv, prog="detector-train")
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m refiner_daemon.detector.train",
         description="Train the SqueezeDet-style head detector; the checkpoint with the best F1 on "
@@ -77,14 +106,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-augment", action="store_true", help="no rotation, flips or jitter")
     parser.add_argument("--resume", action="store_true", help="continue from last.pt in --out")
     parser.add_argument("--dry-run", action="store_true", help="print the validated config and stop")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave out unreadable, truncated or missing images instead of stopping; "
+                             "they are listed in <out>/data_check.json")
     args = parser.parse_args(argv)
     try:
         config = build_config(args)
-    except (ConfigError, json.JSONDecodeError, OSError) as exc:
-        parser.error(str(exc))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config file {args.config} is not valid JSON ({exc}); fix it") from None
     if args.dry_run:
         print(json.dumps(config.to_dict(), indent=2))
         return 0
+    bad = check_datasets(config, skip_bad=args.skip_bad)
+    if bad:
+        report: dict[str, Any] = {"skipped_bad_files_count": len(bad),
+                                  "skipped_bad_files": [b.to_dict() for b in bad]}
+        atomic_write_json(Path(config.out_dir) / "data_check.json", report)
+        print(f"skipped {len(bad)} bad images (listed in {Path(config.out_dir) / 'data_check.json'})",
+              file=sys.stderr)
     best = train_detector(config)
     print(f"best checkpoint: {best}")
     return 0

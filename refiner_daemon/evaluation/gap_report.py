@@ -467,6 +467,25 @@ def _fmt(value: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The report command under ``protocol.cli.run_main`` (one-line errors, exit 2)."""
+    from protocol.cli import run_main
+
+    return run_main(_main, argv, prog="gap_report")
+
+
+def _check_inputs(datasets: dict[str, str]) -> None:
+    """Every input image checked before the (slow) analyses: a missing folder, an empty one,
+    or a missing, empty, truncated or non-image file raises naming it (protocol.datacheck)."""
+    from protocol.datacheck import check_images
+
+    for name, folder in datasets.items():
+        if not Path(folder).is_dir():
+            raise GapReportError(f"dataset {name!r}: folder {folder} does not exist; pass "
+                                 "NAME=FOLDER with an image or dataset folder")
+        check_images(list_images(folder), what=f"images of dataset {name!r}")
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m refiner_daemon.evaluation.gap_report",
         description="Compare image sets with a real reference set: Fréchet distance and KID, PCA of CNN "
@@ -497,13 +516,11 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not name or not folder:
             parser.error(f"--dataset expects NAME=FOLDER, got {item!r}")
         datasets[name] = folder
-    try:
-        config = GapReportConfig(datasets=datasets, out_dir=args.out, reference=args.reference,
-                                 image_size=args.image_size, max_images=args.max_images, seed=args.seed,
-                                 inception_weights=args.inception_weights, device=args.device)
-        result = build_gap_report(config)
-    except (GapReportError, FileNotFoundError) as exc:
-        parser.error(str(exc))
+    config = GapReportConfig(datasets=datasets, out_dir=args.out, reference=args.reference,
+                             image_size=args.image_size, max_images=args.max_images, seed=args.seed,
+                             inception_weights=args.inception_weights, device=args.device)
+    _check_inputs(datasets)
+    result = build_gap_report(config)
     for name, values in result["distances_to_reference"].items():
         print(f"{name}: FD {values['frechet_distance']:.2f}  KID {values['kid']:.4f}")
     print(f"report: {Path(args.out) / 'index.html'}")

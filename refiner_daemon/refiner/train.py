@@ -13,6 +13,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from protocol.cli import run_main
+from protocol.datacheck import check_images
 from refiner_daemon.refiner.presets import PRESETS
 
 DESCRIPTION = ("Train a CycleGAN or AGGAN refiner (synthetic -> real) on two unpaired crop "
@@ -111,6 +113,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     train.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     parser.add_argument("--config", help="JSON file with RefinerConfig fields (flags override it)")
     parser.add_argument("--dry-run", action="store_true", help="print the config and exit")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="skip unreadable, truncated or empty crops instead of stopping; "
+                             "they are listed in <run-dir>/data_check.json")
     parser.set_defaults(handler=run_from_args)
     return parser
 
@@ -139,15 +144,68 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return RefinerConfig.from_dict(data)
 
 
+CROP_FOLDER_FIELDS = ("synthetic_dir", "real_dir", "val_synthetic_dir", "val_real_dir")
+CHECKED_INPUTS_DIR = "checked_inputs"
+
+
+def check_crop_folders(cfg: Any, *, skip_bad: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Check every crop of the config's crop folders before training starts
+    (``protocol.datacheck``). A bad crop raises ``BadDataError`` naming it; with ``skip_bad``
+    each folder with bad crops is replaced by ``<run_dir>/checked_inputs/<field>/`` holding
+    links to its good crops. Returns the (possibly changed) config and a report
+    ``{field: {"folder", "checked", "skipped_bad_files": [...]}}``."""
+    from refiner_daemon.refiner.data import list_crop_files
+
+    data = cfg.to_dict()
+    report: dict[str, Any] = {}
+    for name in CROP_FOLDER_FIELDS:
+        folder = getattr(cfg, name, None)
+        if not folder:
+            continue
+        files = list_crop_files(folder)
+        good, bad = check_images(files, skip_bad=skip_bad, what=f"crops in {folder}")
+        report[name] = {"folder": str(folder), "checked": len(files),
+                        "skipped_bad_files": [b.to_dict() for b in bad]}
+        if bad:
+            if not good:
+                raise ValueError(f"every crop in {folder} is bad (first: {bad[0].reason}, "
+                                 f"{bad[0].path}); regenerate the crop folder")
+            data[name] = str(_good_crop_view(Path(cfg.run_dir) / CHECKED_INPUTS_DIR / name, good))
+    return (type(cfg).from_dict(data) if data != cfg.to_dict() else cfg), report
+
+
+def _good_crop_view(view: Path, good: list[Path]) -> Path:
+    """A folder of symbolic links to ``good`` (rebuilt each run, so it matches this check)."""
+    import shutil
+
+    if view.exists():
+        shutil.rmtree(view)
+    view.mkdir(parents=True)
+    for index, path in enumerate(good):
+        (view / f"{index:07d}_{path.name}").symlink_to(path.resolve())
+    return view
+
+
 def run_from_args(args: argparse.Namespace) -> int:
+    """Run a parsed namespace; bad input raises (``protocol.cli.run_main`` reports it)."""
     try:
         cfg = config_from_args(args)
-    except (ValueError, KeyError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"config file {args.config} is not valid JSON ({exc}); fix it") from None
+    except KeyError as exc:
+        raise ValueError(f"config field {exc} is missing; see --help for the fields") from None
     if args.dry_run:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
+    cfg, report = check_crop_folders(cfg, skip_bad=bool(getattr(args, "skip_bad", False)))
+    skipped = [b for entry in report.values() for b in entry["skipped_bad_files"]]
+    if skipped:
+        from protocol.fileio import atomic_write_json
+
+        atomic_write_json(Path(cfg.run_dir) / "data_check.json",
+                          {"skipped_bad_files_count": len(skipped), "folders": report})
+        print(f"skipped {len(skipped)} bad crops (listed in {Path(cfg.run_dir) / 'data_check.json'})",
+              file=sys.stderr)
     from refiner_daemon.refiner.training import train_refiner
 
     path = train_refiner(cfg)
@@ -155,10 +213,15 @@ def run_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     parser = configure_parser(argparse.ArgumentParser(
         prog="python -m refiner_daemon.refiner.train", description=DESCRIPTION))
     return run_from_args(parser.parse_args(argv))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The training command under ``protocol.cli.run_main`` (one-line errors, exit 2)."""
+    return run_main(_main, argv, prog="train-refiner")
 
 
 if __name__ == "__main__":

@@ -98,9 +98,11 @@ class RefinerTrainer:
 
     def run(self, config: dict[str, Any], *, resume: bool, on_progress: ProgressCallback,
             should_stop: StopCheck) -> str:
+        from refiner_daemon.refiner.train import check_crop_folders
         from refiner_daemon.refiner.training import RefinerConfig, train_refiner
 
         cfg = RefinerConfig.from_dict({**config, "resume": bool(config.get("resume")) or resume})
+        check_crop_folders(cfg)  # a bad crop fails the job at once, naming the file
         return str(train_refiner(cfg, on_progress=on_progress, should_stop=should_stop))
 
 
@@ -132,6 +134,9 @@ class DetectorTrainer:
         from refiner_daemon.detector.training import train_detector
 
         cfg = DetectorConfig.from_dict({**config, "resume": bool(config.get("resume")) or resume})
+        from refiner_daemon.detector.train import check_datasets
+
+        check_datasets(cfg)  # a bad image fails the job at once, naming the file
         return str(train_detector(cfg, on_progress=on_progress, should_stop=should_stop))
 
 
