@@ -106,6 +106,7 @@ def test_gap_report_end_to_end(tmp_path: Path) -> None:
     assert result["feature_discrepancy"]["synthetic"]["mean"] > result["feature_discrepancy"]["real"]["mean"]
     assert result["histogram_emd_to_reference"]["synthetic"]["grey"] > 0.05
     assert json.loads((out / "gap_report.json").read_text())["reference"] == "real"
+    assert result["person_crop_distances"] is None and "plain image folder" in result["person_crop_note"]
 
 
 def test_gap_report_rejects_bad_input(tmp_path: Path) -> None:
@@ -224,3 +225,18 @@ def test_gap_measures_refuse_bad_input(tmp_path: Path) -> None:
         gap_measures({"real": tmp_path / "real", "images": tmp_path}, "real", tmp_path / "out")
     with pytest.raises(GapError, match="not in"):
         gap_measures({"real": tmp_path / "real"}, "real", tmp_path / "out", frames={"real": ["nope.png"]})
+
+
+def test_gap_report_shows_person_crop_distances(tmp_path: Path) -> None:
+    _write_cepdof_set(tmp_path / "real", 4, seed=0, people="real")
+    _write_cepdof_set(tmp_path / "flat", 4, seed=2, people="flat")
+    config = GapReportConfig(datasets={"real": str(tmp_path / "real"), "flat": str(tmp_path / "flat")},
+                             out_dir=str(tmp_path / "report"), image_size=64, kid_subsets=5, examples_per_set=1)
+    result = build_gap_report(config)
+    people = result["person_crop_distances"]
+    assert people["flat"]["crops"] == 8 and people["flat"]["frames"] == 4
+    assert people["real"]["fd_person"] == pytest.approx(0.0, abs=1e-6)
+    assert people["flat"]["fd_person"] > 1.0 and people["flat"]["kid_person_std"] > 0.0
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "distances on person crops" in page and "(people)" in page
+    assert (tmp_path / "report" / "person_crops" / "crops" / "flat" / "records.json").is_file()

@@ -6,6 +6,10 @@ with PNG figures and a JSON file of every number:
 * Fréchet distance between feature distributions: FID with InceptionV3 when its weights are on
   disk, otherwise the same formula on ImageNet MobileNetV2 features, labelled "FD (MobileNetV2)";
   plus KID (unbiased, so it is fair for small sets) with its spread over subsets.
+* The same two distances on person crops (``refiner_daemon.evaluation.gap.gap_measures``: the
+  one crop rule of ``protocol.crop_dataset``) beside whole frames, when every dataset is an
+  annotated folder: people are a few percent of a fisheye frame, so whole-frame distances
+  mostly measure the room.
 * PCA scatter of CNN features at a shallow and a deep layer (as thesis Figure 4.10).
 * Grey-level and per-channel histograms (seed 000), with the 1-D earth mover's distance of each
   set's grey histogram to the reference.
@@ -45,6 +49,7 @@ from refiner_daemon.common.features import (
     pooled_features,
 )
 from refiner_daemon.common.images import list_images as list_image_files
+from refiner_daemon.evaluation.gap import FEATURE_SPACE_KEY, gap_measures
 
 HISTOGRAM_BINS = 64
 
@@ -78,6 +83,7 @@ class GapReportConfig:
     inception_weights: str | None = None
     mobilenet_weights: str | None = None
     kid_subsets: int = 20
+    person_crops: bool = True  # FD/KID on person crops too (annotated dataset folders only)
     examples_per_set: int = 3
     device: str = "auto"
     labels: dict[str, str] = field(default_factory=dict)
@@ -312,6 +318,8 @@ def build_gap_report(cfg: GapReportConfig) -> dict[str, Any]:
         distances[name] = {"frechet_distance": frechet_distance(fd_features[name], fd_features[reference]),
                            "kid": kid_mean, "kid_std": kid_std, "images": len(name_paths)}
 
+    person_distances, person_note = _person_crop_distances(cfg, reference, device)
+
     plt = _pyplot()
     figures: dict[str, str] = {}
 
@@ -407,6 +415,8 @@ def build_gap_report(cfg: GapReportConfig) -> dict[str, Any]:
         "feature_space_note": fd_note,
         "seed": cfg.seed,
         "distances_to_reference": distances,
+        "person_crop_distances": person_distances,
+        "person_crop_note": person_note,
         "pca": pca_results,
         "histogram_emd_to_reference": histogram_results,
         "real_vs_other_classifier": classifier_results,
@@ -417,6 +427,50 @@ def build_gap_report(cfg: GapReportConfig) -> dict[str, Any]:
     atomic_write_json(out / "gap_report.json", result)
     atomic_write_text(out / "index.html", render_html(result, cfg))
     return result
+
+
+def _person_crop_distances(cfg: GapReportConfig, reference: str, device: torch.device
+                           ) -> tuple[dict[str, Any] | None, str]:
+    """:func:`gap_measures` for the report's datasets (crops cached in ``OUT/person_crops``),
+    or ``None`` and the reason when it cannot apply."""
+    if not cfg.person_crops:
+        return None, "person-crop distances switched off (person_crops=False)"
+    plain = [name for name, folder in cfg.datasets.items()
+             if not any((Path(folder) / f).is_file() for f in ("coco.json", "annotations.json"))]
+    if plain:
+        return None, (f"no person-crop distances: {', '.join(plain)} "
+                      f"{'is a plain image folder' if len(plain) == 1 else 'are plain image folders'}; "
+                      "they need annotated dataset folders (coco.json or annotations.json)")
+    measures = gap_measures({name: Path(folder) for name, folder in cfg.datasets.items()}, reference,
+                            Path(cfg.out_dir) / "person_crops", seed=cfg.seed,
+                            inception_weights=cfg.inception_weights, mobilenet_weights=cfg.mobilenet_weights,
+                            kid_subsets=cfg.kid_subsets, max_items=cfg.max_images, device=str(device))
+    return measures, ""
+
+
+def _person_table(result: dict[str, Any], max_items: int) -> str:
+    esc = html.escape
+    measures = result.get("person_crop_distances")
+    if not measures:
+        return f"<p class=note>{esc(result.get('person_crop_note', ''))}</p>"
+    space = measures[FEATURE_SPACE_KEY]
+    label = "FID" if "FID" in space and "not FID" not in space else "FD"
+
+    def kid(value: float | None, std: float | None) -> str:
+        return "—" if value is None else f"{value:.4f} ± {std:.4f}"
+
+    rows = "".join(
+        f"<tr><td>{esc(name)}</td><td>{m['crops']}</td><td>{_fmt(m['fd_person'], 2)}</td>"
+        f"<td>{kid(m['kid_person'], m['kid_person_std'])}</td><td>{m['frames']}</td>"
+        f"<td>{_fmt(m['fd_frame'], 2)}</td><td>{kid(m['kid_frame'], m['kid_frame_std'])}</td></tr>"
+        for name, m in measures.items() if name != FEATURE_SPACE_KEY)
+    return f"""<p>People are a few percent of a fisheye frame, so distances between whole frames mostly
+measure the room. Here the same distances are taken on person crops (the one crop rule of
+<code>protocol.crop_dataset</code>, the same in every domain) and, beside them, on whole frames
+(all annotated frames of each set, up to {max_items}). Features: {esc(space)}. KID subsets
+hold half the smaller set (at most 1000); the reference against itself uses disjoint halves.</p>
+<table><tr><th>dataset</th><th>crops</th><th>{label} (people)</th><th>KID (people)</th><th>frames</th>
+<th>{label} (frames)</th><th>KID (frames)</th></tr>{rows}</table>"""
 
 
 def render_html(result: dict[str, Any], cfg: GapReportConfig) -> str:
@@ -449,6 +503,8 @@ features (0.5 = indistinguishable). Discrepancy: mean distance of mid-level feat
 neighbour in the reference set, in units of the reference's own typical distance (about 1 for the reference).</p>{note}
 <table><tr><th>dataset</th><th>images</th><th>{label}</th><th>KID</th><th>grey EMD</th>
 <th>classifier accuracy</th><th>discrepancy</th></tr>{rows}</table>
+<h2>People: distances on person crops and on whole frames</h2>
+{_person_table(result, cfg.max_images)}
 <h2>PCA of CNN features (thesis Figure 4.10)</h2><img src="{figures['pca']}">
 <p>Crosses mark each set's centre; a refined set whose centre moves towards the reference has
 closed part of the gap at that depth.</p>
@@ -462,8 +518,8 @@ what makes an image look non-real to it.</p>
 """
 
 
-def _fmt(value: float | None) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -508,6 +564,8 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--max-images", type=int, default=200, help="per set (a seeded sample beyond it)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--inception-weights", help="InceptionV3 ImageNet .pth for FID proper")
+    parser.add_argument("--no-person-crops", action="store_true",
+                        help="skip FD/KID on person crops (on by default for annotated dataset folders)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     datasets: dict[str, str] = {}
@@ -521,8 +579,14 @@ def _main(argv: list[str]) -> int:
                              inception_weights=args.inception_weights, device=args.device)
     _check_inputs(datasets)
     result = build_gap_report(config)
+    people = result["person_crop_distances"] or {}
     for name, values in result["distances_to_reference"].items():
-        print(f"{name}: FD {values['frechet_distance']:.2f}  KID {values['kid']:.4f}")
+        line = f"{name}: FD {values['frechet_distance']:.2f}  KID {values['kid']:.4f}"
+        if name in people and people[name]["fd_person"] is not None:
+            line += f"  |  people: FD {people[name]['fd_person']:.2f}  KID {people[name]['kid_person']:.4f}"
+        print(line)
+    if result["person_crop_note"]:
+        print(result["person_crop_note"])
     print(f"report: {Path(args.out) / 'index.html'}")
     return 0
 
