@@ -12,6 +12,7 @@ thesis's lambdas for feature losses are so small (1e-5): a norm over a whole fea
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -62,3 +63,46 @@ def mean_feature_distance(features: Mapping[str, torch.Tensor],
     """Eq. 2.20: distance of each image's features to the target set's mean feature map."""
     return layered_feature_distance(
         features, {name: target_means[name].expand_as(features[name]) for name in features})
+
+
+# --------------------------------------------------------------------------- calibration
+
+FEATURE_TERMS = ("cycle_feature", "identity_feature", "mean_feature", "disc_feature_cycle")
+
+
+def calibrate_feature_scales(raw: Mapping[str, float], lambdas: Mapping[str, float],
+                             share: float) -> dict[str, object]:
+    """Scales for the feature terms so that, on the calibration probe, the weighted feature terms
+    make up ``share`` of the generator objective (issue 13).
+
+    ``raw`` holds every enabled term's unweighted value on the probe, ``lambdas`` the preset's
+    weights. With ``other`` the weighted sum of the non-feature terms, the feature terms together
+    get ``F = share / (1 - share) * other``, split between them in proportion to their lambdas;
+    term ``f``'s scale is ``F * lambda_f / sum(lambdas) / (lambda_f * raw_f)``, so its effective
+    weight is ``lambda_f * scale_f``. A feature term with a zero raw value keeps scale 1 (and is
+    named in ``"unmeasurable"``). Returns a JSON-able dict ``{"share", "other", "feature_target",
+    "scales": {term: scale}, "terms": {term: {"raw", "lambda", "scale", "weighted", "share"}}}``.
+    """
+    if not 0 <= share < 1:
+        raise ValueError(f"feature share must be in [0, 1), got {share}")
+    features = [n for n in FEATURE_TERMS if lambdas.get(n, 0.0) > 0 and n in raw]
+    other = float(sum(lambdas.get(n, 0.0) * float(v) for n, v in raw.items()
+                      if n not in FEATURE_TERMS))
+    target = share / (1.0 - share) * other
+    lambda_sum = sum(lambdas[n] for n in features)
+    scales: dict[str, float] = {}
+    unmeasurable = []
+    for name in features:
+        value = float(raw[name])
+        if value > 0 and math.isfinite(value):
+            scales[name] = target * (lambdas[name] / lambda_sum) / (lambdas[name] * value)
+        else:
+            scales[name] = 1.0
+            unmeasurable.append(name)
+    weighted = {n: lambdas.get(n, 0.0) * scales.get(n, 1.0) * float(v) for n, v in raw.items()}
+    total = sum(weighted.values()) or 1.0
+    terms = {n: {"raw": float(raw[n]), "lambda": float(lambdas.get(n, 0.0)),
+                 "scale": scales.get(n, 1.0), "weighted": weighted[n],
+                 "share": weighted[n] / total} for n in raw}
+    return {"share": share, "other": other, "feature_target": target, "scales": scales,
+            "terms": terms, "unmeasurable": unmeasurable}

@@ -13,6 +13,17 @@ Reading of the table where it is ambiguous (the extracted table text is garbled 
   features, the cyclic feature loss in discriminator layers 1-4 (Eq. 2.21-2.22).
 - ``A`` / ``A+S``: the table gives the cyclic pixel weight as 1e-5 (the AGGAN paper uses 10);
   the table's value is kept, and ``RefinerConfig.loss_weights`` can override it.
+
+Feature-term calibration (issue 13): the thesis' feature lambdas were tuned for VGG16 on 0-255
+inputs with a summed squared error; with another extractor or another distance they make the
+feature terms vanish (MobileNetV2 here: about 6e-5 beside a cycle term of about 2). So every
+preset with a feature term states ``feature_share``: the share of the generator objective its
+weighted feature terms make up at the start of training, on the calibration batch (see
+:func:`refiner_daemon.refiner.losses.calibrate_feature_scales`). The lambdas then only set the
+split of that share between the feature terms. 0.2 where a pixel cycle term carries content
+preservation (the ``C_CPCF*`` family); 0.5 for ``D`` and ``M``, whose feature terms are their only
+content terms. ``RefinerConfig.feature_share`` overrides it; 0 turns calibration off (the raw
+lambdas, as in the thesis).
 """
 
 from __future__ import annotations
@@ -64,12 +75,16 @@ class Preset:
     feature_layers: tuple[str, ...] = ("pool2",)
     disc_layers: tuple[int, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    # Share of the generator objective the weighted feature terms make up at calibration
+    # (0: no feature term, or no calibration).
+    feature_share: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "architecture": self.architecture, "skip": self.skip,
             "weights": self.weights.to_dict(), "description": self.description,
             "feature_layers": list(self.feature_layers), "disc_layers": list(self.disc_layers),
+            "feature_share": self.feature_share,
         }
 
 
@@ -78,20 +93,22 @@ def _base_presets() -> list[Preset]:
         Preset("C_CP", "cyclegan", False, LossWeights(cycle_pixel=10.0),
                "CycleGAN with a cyclic pixel loss (Eq. 2.8)"),
         Preset("C_CPCF", "cyclegan", False, LossWeights(cycle_pixel=10.0, cycle_feature=1e-5),
-               "CycleGAN, cyclic pixel + cyclic feature loss (Eq. 2.8, 2.18)"),
+               "CycleGAN, cyclic pixel + cyclic feature loss (Eq. 2.8, 2.18)", feature_share=0.2),
         Preset("C_CPCFIF", "cyclegan", False,
                LossWeights(cycle_pixel=10.0, cycle_feature=1e-5, identity_feature=5e-6),
-               "CycleGAN, cyclic pixel + cyclic feature + identity feature loss (2.8, 2.18, 2.19)"),
+               "CycleGAN, cyclic pixel + cyclic feature + identity feature loss (2.8, 2.18, 2.19)",
+               feature_share=0.2),
         Preset("C_CPCFIP", "cyclegan", False,
                LossWeights(cycle_pixel=10.0, cycle_feature=1e-5, identity_pixel=10.0),
-               "CycleGAN, cyclic pixel + cyclic feature + identity pixel loss (2.8, 2.18, 2.17)"),
+               "CycleGAN, cyclic pixel + cyclic feature + identity pixel loss (2.8, 2.18, 2.17)",
+               feature_share=0.2),
         Preset("D", "cyclegan", False,
                LossWeights(disc_feature_cycle=1e-5, identity_feature=5e-6),
                "CycleGAN, cyclic loss in discriminator features + identity feature loss "
-               "(2.21, 2.19)", disc_layers=(1, 2, 3, 4)),
+               "(2.21, 2.19)", disc_layers=(1, 2, 3, 4), feature_share=0.5),
         Preset("M", "cyclegan", False, LossWeights(mean_feature=5e-5, identity_feature=5e-6),
                "CycleGAN, mean target-feature loss + identity feature loss (2.20, 2.19)",
-               feature_layers=("pool2", "pool5")),
+               feature_layers=("pool2", "pool5"), feature_share=0.5),
         Preset("A", "aggan", False, LossWeights(cycle_pixel=1e-5),
                "AGGAN with a cyclic pixel loss (Eq. 2.12)"),
     ]

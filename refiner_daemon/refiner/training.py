@@ -49,7 +49,9 @@ REFINER_FORMAT = "fisheye-refiner/1"
 
 # Fields that may change between a run and its resumption; everything else must match.
 _RESUMABLE_CHANGES = {"run_dir", "resume", "device", "amp", "channels_last", "checkpoint_every",
-                      "log_every", "image_every", "max_steps", "progress", "tensorboard"}
+                      "log_every", "image_every", "max_steps", "progress", "tensorboard",
+                      "val_synthetic_dir", "val_real_dir", "val_every", "val_max_crops"}
+CALIBRATION_CROPS = 8  # crops per domain in the feature-calibration batch
 
 
 # --------------------------------------------------------------------------- configuration
@@ -84,6 +86,9 @@ class RefinerConfig:
     disc_layers: list[int] | None = None     # None: the preset's layers
     loss_weights: dict[str, float] = field(default_factory=dict)  # overrides the preset's
     mean_feature_samples: int = 256  # target crops averaged for the mean-feature loss
+    # Share of the generator objective the weighted feature terms make up at calibration (the
+    # start of training); None: the preset's ``feature_share``; 0: raw lambdas, no calibration.
+    feature_share: float | None = None
     flip: bool = True             # random horizontal flips
     checkpoint_every: int = 1000  # steps
     resume: bool = False
@@ -95,6 +100,15 @@ class RefinerConfig:
     max_steps: int | None = None  # stop (with a checkpoint) after this many steps in total
     progress: bool = True
     tensorboard: bool = True
+    # Validation on held-out crops (refiner_daemon.refiner.validation): S_val, synthetic crops the
+    # refiner does not train on, and R_val, real crops it never sees, cut with the same crop
+    # rule. Every ``val_every`` steps (and at the end): FD/KID of G(S_val) to R_val, the head
+    # structure check, a contact sheet; the best non-harmful step by FD is exported as
+    # ``model_best.pt``. Off unless both folders are given.
+    val_synthetic_dir: str | None = None
+    val_real_dir: str | None = None
+    val_every: int = 500
+    val_max_crops: int = 64
 
     # -- construction and validation
 
@@ -126,7 +140,8 @@ class RefinerConfig:
         if self.preset not in PRESETS:
             fail("preset", f"unknown preset; valid: {sorted(PRESETS)}")
         for name in ("epochs", "batch_size", "width", "disc_width", "attention_width",
-                     "checkpoint_every", "log_every", "image_every", "mean_feature_samples"):
+                     "checkpoint_every", "log_every", "image_every", "mean_feature_samples",
+                     "val_every", "val_max_crops"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 fail(name, "must be an integer >= 1")
         for name in ("n_blocks", "pool_size", "switch_epoch", "seed"):
@@ -148,6 +163,11 @@ class RefinerConfig:
             fail("channels", "must be 1 (greyscale) or 3 (RGB)")
         if self.disc_strided not in (1, 2, 3):
             fail("disc_strided", "must be 1, 2 or 3")
+        if self.feature_share is not None and not 0 <= self.feature_share < 1:
+            fail("feature_share", "must be in [0, 1) or None (the preset's)")
+        if (self.val_synthetic_dir is None) != (self.val_real_dir is None):
+            fail("val_real_dir" if self.val_real_dir is None else "val_synthetic_dir",
+                 "validation needs both val_synthetic_dir and val_real_dir")
         if self.max_steps is not None and self.max_steps < 1:
             fail("max_steps", "must be >= 1 or None")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -168,6 +188,14 @@ class RefinerConfig:
 
     def weights(self) -> LossWeights:
         return LossWeights.from_dict({**self.preset_obj().weights.to_dict(), **self.loss_weights})
+
+    def effective_feature_share(self) -> float:
+        """The share the feature terms get at calibration; 0 when there is none to calibrate."""
+        weights = self.weights()
+        if not any(getattr(weights, name) > 0 for name in L.FEATURE_TERMS):
+            return 0.0
+        return (self.preset_obj().feature_share if self.feature_share is None
+                else float(self.feature_share))
 
     def layers(self) -> tuple[str, ...]:
         return tuple(self.feature_layers or self.preset_obj().feature_layers)
@@ -272,6 +300,10 @@ class RefinerTrainer:
         if self.extractor is not None:
             self.extractor.to(self.device, memory_format=self.memory_format)
         self.mean_features: dict[str, dict[str, torch.Tensor]] | None = None
+        # Feature-term calibration (issue 13): measured once on the calibration batch, then
+        # checkpointed so a resumed run uses the same scales.
+        self.feature_share = cfg.effective_feature_share()
+        self.feature_calibration: dict[str, Any] | None = None
 
         betas = (cfg.beta1, cfg.beta2)
         gen_params = list(self.G.parameters()) + list(self.F.parameters())
@@ -332,6 +364,54 @@ class RefinerTrainer:
                     total = value.float().sum(0, keepdim=True)
                     sums[name] = sums[name] + total if name in sums else total
             self.mean_features[key] = {name: s / count for name, s in sums.items()}
+
+    # -- feature-term calibration
+
+    @property
+    def feature_scales(self) -> dict[str, float]:
+        return {} if self.feature_calibration is None else self.feature_calibration["scales"]
+
+    def term_weight(self, name: str) -> float:
+        """The effective lambda of a generator term: the preset's times its calibration scale."""
+        return getattr(self.weights, name) * self.feature_scales.get(name, 1.0)
+
+    def needs_calibration(self) -> bool:
+        return self.feature_share > 0 and self.feature_calibration is None
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        """Measure every generator term on the calibration batch and scale the feature terms so
+        that together they are ``feature_share`` of the objective (see
+        :func:`refiner_daemon.refiner.losses.calibrate_feature_scales`).
+
+        Reconstruction-type terms are measured on a probe in which every generated and
+        reconstructed image is the other domain's image (``G(x) = F(G(x)) = y``, ``F(y) =
+        G(F(y)) = x``): the size of change a refiner could make, so the feature and pixel terms
+        are compared on the same image pairs (at the start of a "+S" run, whose generators are the
+        identity, they are all zero, so the networks' own outputs cannot calibrate them). The mean-feature term is measured
+        with identity generators (its value at the start of training), the adversarial term on
+        the networks as they are.
+        """
+        for net in self.networks().values():
+            net.eval()
+        x, y = self.to_device(x), self.to_device(y)
+        with self.autocast():
+            o = self.forward(x, y, epoch=0)
+            actual = self.generator_losses(o)
+            deviation = self.generator_losses(
+                {**o, "rec_x": y, "rec_y": x, "fake_y": y, "fake_x": x})
+            start = (self.generator_losses({**o, "fake_y": x, "fake_x": y})
+                     if self.weights.mean_feature > 0 else {})
+        raw = {name: float(value) for name, value in deviation.items()}
+        raw["adversarial"] = float(actual["adversarial"])
+        if "mean_feature" in start:
+            raw["mean_feature"] = float(start["mean_feature"])
+        self.feature_calibration = {
+            **L.calibrate_feature_scales(raw, self.weights.to_dict(), self.feature_share),
+            "batch": len(x), "extractor": describe(self.extractor)}
+        for net in self.networks().values():
+            net.train()
+        return self.feature_calibration
 
     # -- the training step
 
@@ -421,7 +501,8 @@ class RefinerTrainer:
             self.optimizers["A"].zero_grad(set_to_none=True)
         with self.autocast():
             terms = self.generator_losses(o)
-        total = sum(getattr(self.weights, name) * value for name, value in terms.items())
+        weighted = {name: self.term_weight(name) * value for name, value in terms.items()}
+        total = sum(weighted.values())
         assert isinstance(total, torch.Tensor)
         total.backward()
         self.optimizers["G"].step()
@@ -430,6 +511,11 @@ class RefinerTrainer:
         set_requires_grad([self.D_X, self.D_Y], True)
         result = {name: float(value.detach()) for name, value in terms.items()}
         result["G_total"] = float(total.detach())
+        # Every weighted term and its share of the generator objective (issue 13).
+        denominator = max(abs(result["G_total"]), 1e-12)
+        for name, value in weighted.items():
+            result[f"weighted/{name}"] = float(value.detach())
+            result[f"share/{name}"] = float(value.detach()) / denominator
         return result
 
     @staticmethod
@@ -455,6 +541,8 @@ class RefinerTrainer:
     def train_step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> dict[str, float]:
         """One iteration of Algorithm 8/9; returns every loss term as a float."""
         epoch = step // self.steps_per_epoch
+        if self.needs_calibration():  # without a calibration batch: the first training batch
+            self.calibrate(x, y)
         for net in self.networks().values():
             net.train()
         x, y = self.to_device(x), self.to_device(y)
@@ -468,6 +556,26 @@ class RefinerTrainer:
             scheduler.step()
         self.last_outputs = outputs
         return losses
+
+    @torch.no_grad()
+    def refine_uint8(self, crops: Any, batch_size: int = 16) -> Any:
+        """G (with its attention net) applied to uint8 crops (N, H, W, C), as the exported
+        refiner would; float32, eval mode (the training step sets train mode again)."""
+        import numpy as np
+
+        from refiner_daemon.refiner.data import tensor_to_uint8, uint8_to_tensor
+        self.G.eval()
+        if self.A_X is not None:
+            self.A_X.eval()
+        out = []
+        for start in range(0, len(crops), batch_size):
+            x = uint8_to_tensor(np.ascontiguousarray(crops[start:start + batch_size]))
+            refined, _, _ = self.translate(self.G, self.A_X, self.to_device(x))
+            out.append(tensor_to_uint8(refined.float().cpu()))
+        self.G.train()
+        if self.A_X is not None:
+            self.A_X.train()
+        return np.concatenate(out) if out else np.zeros_like(crops)
 
     # -- checkpoint state (everything loadable with weights_only=True)
 
@@ -486,6 +594,7 @@ class RefinerTrainer:
             "pools": {"fake_x": self.pool_fake_x.state_dict(),
                       "fake_y": self.pool_fake_y.state_dict()},
             "mean_features": self.mean_features,
+            "feature_calibration": self.feature_calibration,
             "perceptual": describe(self.extractor),
             "rng": rng,
         }
@@ -504,6 +613,10 @@ class RefinerTrainer:
         if state["mean_features"] is not None:
             self.mean_features = {k: {n: t.to(self.device) for n, t in v.items()}
                                   for k, v in state["mean_features"].items()}
+        # A checkpoint from before calibration existed ran with the raw lambdas: keep them.
+        self.feature_calibration = state.get(
+            "feature_calibration",
+            None if self.feature_share == 0 else {"share": 0.0, "scales": {}, "legacy": True})
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(_unflatten_python_rng(state["rng"]["python"]))
         if "cuda" in state["rng"] and torch.cuda.is_available():
@@ -605,13 +718,51 @@ def _log_images(writer: Any, outputs: dict[str, Any], step: int) -> None:
         writer.add_image("attention_x_y", make_grid(maps, nrow=2), step)
 
 
+def _calibration_batch(synthetic: CropFolder, real: CropFolder, seed: int
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed feature-calibration batch: up to ``CALIBRATION_CROPS`` seeded crops per domain."""
+    gen = torch.Generator().manual_seed(seed + 13)
+    count = min(CALIBRATION_CROPS, len(synthetic), len(real))
+    pick = [torch.randperm(len(f), generator=gen)[:count].tolist() for f in (synthetic, real)]
+    return (synthetic.batch(pick[0], [False] * count), real.batch(pick[1], [False] * count))
+
+
+def _rewrite_log_upto(path: Path, step: int) -> list[dict[str, Any]]:
+    """The entries of a JSON-lines log with ``step <= step`` (what a resumed run keeps)."""
+    if not path.exists():
+        return []
+    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [e for e in entries if e.get("step", 0) <= step]
+
+
+def validation_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    """``<run_dir>/validation.json`` (None without validation): ``{"metric": "fd",
+    "feature_space", "raw": {"fd", "kid", "kid_std"} (S_val unrefined), "best": {"step", "fd",
+    "kid", "head_ssim", "model"} or None (no non-harmful evaluation yet), "history": [{"step",
+    "fd", "kid", "kid_std", "head_ssim", "head_ssim_min", "head_threshold", "harmful",
+    "contact_sheet"}, ...]}``."""
+    path = Path(run_dir) / "validation.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def train_refiner(cfg: RefinerConfig, *, on_progress: Callable[[dict[str, Any]], None] | None = None,
                   should_stop: Callable[[], bool] | None = None) -> Path:
-    """Train (or resume) a refiner; returns the path of the exported ``<run_dir>/refiner.pt``.
+    """Train (or resume) a refiner; returns the path of the exported ``<run_dir>/refiner.pt``
+    (the generator at the last step).
 
-    Writes ``config.json``, ``checkpoints/latest.pt`` every ``checkpoint_every`` steps and at the
-    end, TensorBoard logs under ``tensorboard/`` and the exported generator ``refiner.pt`` (also
-    when stopped early by ``should_stop`` or ``max_steps``, from the state at that point).
+    Writes ``config.json`` (with the feature calibration), ``checkpoints/latest.pt`` every
+    ``checkpoint_every`` steps and at the end, ``losses.jsonl`` (every ``log_every`` steps: each
+    raw term, each weighted term and its share of the generator objective), TensorBoard logs under
+    ``tensorboard/`` and the exported generator ``refiner.pt`` (also when stopped early by
+    ``should_stop`` or ``max_steps``, from the state at that point).
+
+    With ``val_synthetic_dir``/``val_real_dir``: every ``val_every`` steps and at the last step
+    G(S_val) is scored against R_val (:mod:`refiner_daemon.refiner.validation`), logged to
+    TensorBoard (``val/*``), appended to ``validation.json`` with a contact sheet
+    ``validation/step_NNNNNN.png``, and the lowest-FD non-harmful step so far is exported as
+    ``model_best.pt`` (same format as ``refiner.pt``; its training record names the step). Which
+    step that was: ``validation.json`` ``"best"``, :func:`validation_summary`, the line printed at
+    the end, and ``refiner.pt``'s training record (``"validation_best"``).
     """
     cfg.validate()
     run_dir = Path(cfg.run_dir)
@@ -639,11 +790,38 @@ def train_refiner(cfg: RefinerConfig, *, on_progress: Callable[[dict[str, Any]],
         random.seed(cfg.seed)
         if trainer.weights.mean_feature > 0:
             trainer.compute_mean_features(synthetic, real)
+        if trainer.needs_calibration():
+            trainer.calibrate(*_calibration_batch(synthetic, real, cfg.seed))
     record = {**cfg.to_dict(), "perceptual_extractor": describe(trainer.extractor),
               "preset_details": cfg.preset_obj().to_dict(), "effective_weights":
-              trainer.weights.to_dict(), "steps_per_epoch": batches.steps_per_epoch,
+              {**trainer.weights.to_dict(),
+               **{name: trainer.term_weight(name) for name in trainer.feature_scales}},
+              "feature_calibration": trainer.feature_calibration,
+              "steps_per_epoch": batches.steps_per_epoch,
               "total_steps": total, "device_used": str(trainer.device), "amp_used": trainer.amp}
     atomic_write_json(run_dir / "config.json", record)
+    loss_log = run_dir / "losses.jsonl"
+    kept = _rewrite_log_upto(loss_log, start)
+    loss_log.write_text("".join(json.dumps(e) + "\n" for e in kept))
+
+    validator = None
+    validation: dict[str, Any] | None = None
+    if cfg.val_synthetic_dir is not None and cfg.val_real_dir is not None:
+        from refiner_daemon.refiner.validation import FEATURE_SPACE, Validator
+        validator = Validator(cfg.val_synthetic_dir, cfg.val_real_dir,
+                              crop_size=tuple(cfg.crop_size), max_crops=cfg.val_max_crops,
+                              seed=cfg.seed, device=trainer.device)
+        validation = validation_summary(run_dir) if cfg.resume else None
+        if validation is None:
+            validation = {"metric": "fd", "feature_space": FEATURE_SPACE,
+                          "raw": validator.raw_scores(), "best": None, "history": []}
+        validation["history"] = [h for h in validation["history"] if h["step"] <= start]
+        if validation["best"] is not None and validation["best"]["step"] > start:
+            ok = [h for h in validation["history"] if not h["harmful"]]
+            best = min(ok, key=lambda h: h["fd"]) if ok else None
+            validation["best"] = None if best is None else {
+                **{k: best[k] for k in ("step", "fd", "kid", "head_ssim")},
+                "model": validation["best"]["model"], "stale": True}
 
     writer = None
     if cfg.tensorboard:
@@ -652,6 +830,29 @@ def train_refiner(cfg: RefinerConfig, *, on_progress: Callable[[dict[str, Any]],
 
     def save(step: int) -> None:
         atomic_torch_save(trainer.state_dict(step), ckpt_path)
+
+    def validate(step: int) -> None:
+        assert validator is not None and validation is not None
+        if validation["history"] and validation["history"][-1]["step"] == step:
+            return
+        scores, _, _ = validator.evaluate(
+            trainer.refine_uint8, run_dir / "validation" / f"step_{step:06d}.png")
+        validation["history"].append({"step": step, **scores})
+        best = validation["best"]
+        if not scores["harmful"] and (best is None or scores["fd"] < best["fd"]):
+            model = export_refiner(
+                run_dir / "model_best.pt", trainer.spec, trainer.G, trainer.A_X,
+                name=f"{cfg.preset}@{run_dir.name}#best",
+                training={**record, "step": step, "selected_by": "lowest validation FD",
+                          "validation": scores})
+            validation["best"] = {"step": step, "fd": scores["fd"], "kid": scores["kid"],
+                                  "head_ssim": scores["head_ssim"], "model": str(model)}
+        atomic_write_json(run_dir / "validation.json", validation)
+        if writer is not None:
+            for key in ("fd", "kid", "head_ssim"):
+                writer.add_scalar(f"val/{key}", scores[key], step)
+            writer.add_scalar("val/fd_raw", validation["raw"]["fd"], step)
+            writer.add_scalar("val/harmful", float(scores["harmful"]), step)
 
     stop_at = total if cfg.max_steps is None else min(total, cfg.max_steps)
     started = time.monotonic()
@@ -670,9 +871,13 @@ def train_refiner(cfg: RefinerConfig, *, on_progress: Callable[[dict[str, Any]],
                     raise FloatingPointError(f"non-finite loss at step {step}: {losses}; lower lr "
                                              "or disable amp, then --resume from the last "
                                              "checkpoint")
+                if step % cfg.log_every == 0 or step == 1:
+                    with loss_log.open("a") as handle:
+                        handle.write(json.dumps({"step": step, "losses": losses}) + "\n")
                 if writer is not None and (step % cfg.log_every == 0 or step == 1):
                     for name, value in losses.items():
-                        writer.add_scalar(f"loss/{name}", value, step)
+                        # raw terms under loss/, weighted/<term> and share/<term> as they are
+                        writer.add_scalar(name if "/" in name else f"loss/{name}", value, step)
                     writer.add_scalar("lr", trainer.schedulers["G"].get_last_lr()[0], step)
                 if writer is not None and (step % cfg.image_every == 0 or step == 1):
                     _log_images(writer, trainer.last_outputs, step)
@@ -681,14 +886,25 @@ def train_refiner(cfg: RefinerConfig, *, on_progress: Callable[[dict[str, Any]],
                     on_progress({"step": step, "total_steps": total,
                                  "epoch": (step - 1) // batches.steps_per_epoch,
                                  "losses": losses, "eta_s": (total - step) / rate})
+                if validator is not None and step % cfg.val_every == 0:
+                    validate(step)
                 if step % cfg.checkpoint_every == 0:
                     save(step)
                 if should_stop is not None and should_stop():
                     break
+        if validator is not None and step > 0:
+            validate(step)
         save(step)
     finally:
         if writer is not None:
             writer.close()
     training = {**record, "step": step, "finished": step >= total}
+    if validation is not None:
+        training["validation_best"] = validation["best"]
+        best = validation["best"]
+        print(f"refiner {cfg.preset}: " + (
+            "no non-harmful validation step; no model_best.pt" if best is None else
+            f"best validation FD {best['fd']:.3f} at step {best['step']} "
+            f"(unrefined S_val: {validation['raw']['fd']:.3f}) -> {best['model']}"))
     return export_refiner(run_dir / "refiner.pt", trainer.spec, trainer.G, trainer.A_X,
                           name=f"{cfg.preset}@{run_dir.name}", training=training)
