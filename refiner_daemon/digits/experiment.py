@@ -62,10 +62,10 @@ class ExperimentConfig:
     synthetic: int = 2000              # (*) synthetic digits per seed
     preset: str = "C_CP+S"             # (*)
     refiner_steps: int = 400           # (*) about; rounded up to whole epochs
-    refiner_batch: int = 32            # (*)
-    refiner_width: int = 16            # (*)
-    refiner_blocks: int = 3            # (*)
-    disc_width: int = 16               # (*)
+    refiner_batch: int = 16            # (*)
+    refiner_width: int = 8             # (*)
+    refiner_blocks: int = 2            # (*)
+    disc_width: int = 8                # (*)
     disc_strided: int = 2              # (*)
     classifier_steps: int = 300        # (*)
     classifier_batch: int = 32         # (*)

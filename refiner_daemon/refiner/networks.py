@@ -89,7 +89,7 @@ class PatchDiscriminator(nn.Module):
     the discriminator-feature cyclic loss (Eq. 2.21-2.22).
 
     ``n_strided`` (3) is how many of the first three blocks halve the resolution. For small
-    images (28x28 digits) 2 keeps a grid of patch outputs (4x4, each seeing 34x34 px) where 3
+    images (28x28 digits) 2 keeps a grid of patch outputs (4x4, each seeing 46x46 px) where 3
     would leave a single output over a mostly padded 70x70 window.
     """
 
