@@ -20,10 +20,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import broken_datasets as bd  # noqa: E402
+import broken_datasets as bd
 
-from protocol.cli import run_main  # noqa: E402
-from protocol.datacheck import BadDataError, check_image, check_images  # noqa: E402
+from protocol.cli import run_main
+from protocol.datacheck import BadDataError, check_image, check_images
 
 SENTINEL = "keep.txt"
 

@@ -74,8 +74,9 @@ def test_run_main_stops_children_and_exits_128_plus_n(signum: int) -> None:
     _, err = parent.communicate(timeout=10)
     assert parent.returncode == 128 + signum
     lines = [line for line in err.splitlines() if "received" in line]
-    assert lines == [f"sleeper: received {signal.Signals(signum).name}; stopped 1 child process; "
-                     f"exiting with code {128 + signum}"], err
+    expected = (f"sleeper: received {signal.Signals(signum).name}; stopped 1 child process; "
+                f"exiting with code {128 + signum}")
+    assert lines == [expected], err
 
 
 def test_popen_child_dies_with_a_killed_parent() -> None:
@@ -188,8 +189,11 @@ def test_demo_stops_its_stage_and_the_stage_workers(signum: int, tmp_path: Path)
                             cwd=ROOT, text=True, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     # demo -> render command -> render worker
-    tree = _wait_for(lambda: (lambda d: d if len(d) >= 2 else None)(descendants(demo.pid)), 120,
-                     "the render stage's worker")
+    def stage_with_worker() -> list[int] | None:
+        found = descendants(demo.pid)
+        return found if len(found) >= 2 else None
+
+    tree = _wait_for(stage_with_worker, 120, "the render stage's worker")
     time.sleep(0.5)
     tree = descendants(demo.pid) or tree
     demo.send_signal(signum)

@@ -524,6 +524,14 @@ def write_into_scene(fit: CameraFit, scene_json: str | Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Under ``protocol.cli.run_main``: one-line errors (exit 2), --debug for the traceback,
+    exit 128 + N on SIGTERM/SIGINT/SIGHUP."""
+    from protocol.cli import run_main
+
+    return run_main(_main, argv, prog="fit-camera")
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="fit-camera",
         description="Fit a fisheye lens, mounting height and tilt from frames and person boxes.")

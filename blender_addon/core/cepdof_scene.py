@@ -404,6 +404,14 @@ def format_size_table(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Under ``protocol.cli.run_main``: one-line errors (exit 2), --debug for the traceback,
+    exit 128 + N on SIGTERM/SIGINT/SIGHUP."""
+    from protocol.cli import run_main
+
+    return run_main(_main, argv, prog="cepdof_scene")
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m blender_addon.core.cepdof_scene",
                                      description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -491,6 +491,14 @@ def save_plate(result: PlateResult, out: str | Path, report_path: str | Path | N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Under ``protocol.cli.run_main``: one-line errors (exit 2), --debug for the traceback,
+    exit 128 + N on SIGTERM/SIGINT/SIGHUP."""
+    from protocol.cli import run_main
+
+    return run_main(_main, argv, prog="make-plate")
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="make-plate", description="Clean plate (empty room) from frames with people in them.")
     parser.add_argument("--frames", nargs="+", required=True,
