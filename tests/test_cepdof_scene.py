@@ -153,3 +153,23 @@ def test_size_check_renders_the_built_scene(tmp_path) -> None:
     assert result["heads"]["people"] >= 1
     assert (tmp_path / "render" / "size_check.json").is_file()
     assert (tmp_path / "render" / "contact_sheet.jpg").is_file()
+
+
+def test_fit_camera_command_writes_the_scene_camera(tmp_path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    make_room(data, frames=3)
+    out = tmp_path / "scene"
+    camera = {"lens": {"model": "equisolid", "focal_px": 60.0, "fov_deg": 180.0}, "height_m": 2.0}
+    cs.build_scene(data, out, ["room_0", "room_1"], PROXIES, keep_camera=camera, method="telea")
+    report = tmp_path / "fit.json"
+    code = cf.main(["--data", str(data), "--images", "room_0", "room_1.png", "--scene", str(out),
+                    "--report", str(report)])
+    assert code == 0
+    scene = load_scene(out)
+    assert scene.lens.kind == "equidistant"
+    assert scene.camera_position[2] == pytest.approx(2.9, abs=0.15)
+    fit = json.loads(report.read_text())
+    assert fit["people"] == 10 and fit["circle"]["radius"] == pytest.approx(RADIUS, abs=2.0)
+    saved = json.loads((out / "scene.json").read_text())
+    assert "bands" in saved["calibration_report"]["fit_camera"]
