@@ -11,7 +11,8 @@
   ``main`` sees it) or ``FISHEYE_DEBUG=1`` in the environment;
 - SIGTERM, SIGINT and SIGHUP stop every child started through ``protocol.processes``, log one
   line and return ``128 + signum`` (``finally`` blocks run on the way out);
-- tracked children are stopped whenever ``main`` returns or raises.
+- the children ``main`` started (tracked by ``protocol.processes``) are stopped whenever it
+  returns or raises; children tracked before the call are left alone (a stop signal ends all).
 
 Use it as ``def main(argv=None): return run_main(_main, argv, prog="...")``, or for an entry
 point's ``__main__`` block: ``raise SystemExit(run_main(main))``.
@@ -75,13 +76,14 @@ def run_main(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None
     debug = debug_enabled(args)
     args = [a for a in args if a != DEBUG_FLAG]
     restore = processes.install_stop_handlers(prog) if handle_signals else (lambda: None)
+    before = processes.tracked()
     try:
         code = main(args)
         return int(code or 0)
     except processes.Stopped as exc:
         return exc.exit_code
     except KeyboardInterrupt:
-        stopped = processes.stop_children()
+        stopped = processes.stop_children(which=[c for c in processes.tracked() if c not in before])
         print(f"{prog or 'command'}: interrupted; stopped {stopped} child processes",
               file=sys.stderr, flush=True)
         return 130
@@ -99,7 +101,7 @@ def run_main(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None
                     f"{DEBUG_FLAG} (or {DEBUG_ENV}=1) for the traceback and report it")
         return EXIT_FAILED
     finally:
-        processes.stop_children()
+        processes.stop_children(which=[c for c in processes.tracked() if c not in before])
         restore()
 
 

@@ -82,6 +82,12 @@ def children() -> list[Any]:
         return [c for c in _children if _running(c)]
 
 
+def tracked() -> list[Any]:
+    """Every tracked child, running or not (a snapshot)."""
+    with _lock:
+        return list(_children)
+
+
 def _running(child: Any) -> bool:
     if hasattr(child, "poll"):
         return child.poll() is None
@@ -323,5 +329,6 @@ def descendants(pid: int) -> list[int]:
 __all__ = [
     "GRACE_S", "STOP_SIGNALS", "Stopped", "children", "descendants", "die_with_parent",
     "install_stop_handlers", "pdeathsig_preexec", "pid_alive", "popen", "set_pdeathsig",
-    "signal_name", "stop_children", "stop_handlers", "track", "untrack", "watch_parent",
+    "signal_name", "stop_children", "stop_handlers", "track", "tracked", "untrack",
+    "watch_parent",
 ]

@@ -19,6 +19,8 @@ from PIL import Image
 
 from protocol.processes import descendants, pid_alive
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 
@@ -160,7 +162,7 @@ def test_batch_render_leaves_no_worker_and_resumes(signum: int, tmp_path: Path) 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGKILL])
 def test_daemon_serve_exits_128_plus_n(signum: int, tmp_path: Path) -> None:
     (tmp_path / "models").mkdir()
     daemon = subprocess.Popen(
@@ -172,9 +174,12 @@ def test_daemon_serve_exits_128_plus_n(signum: int, tmp_path: Path) -> None:
     below = descendants(daemon.pid)
     daemon.send_signal(signum)
     _, err = daemon.communicate(timeout=30)
+    assert _all_gone(below) == []
+    if signum == signal.SIGKILL:
+        assert daemon.returncode == -signal.SIGKILL
+        return
     assert daemon.returncode == 128 + signum, err
     assert f"refiner-daemon serve: received {signal.Signals(signum).name}" in err
-    assert _all_gone(below) == []
 
 
 @pytest.mark.slow
@@ -204,3 +209,46 @@ def test_demo_stops_its_stage_and_the_stage_workers(signum: int, tmp_path: Path)
     else:
         assert demo.returncode == 128 + signum, err
         assert "demo: received SIGTERM; stopped 1 child process" in err
+
+
+def test_run_main_stops_only_the_children_it_started() -> None:
+    """An in-process command (the pipeline calling another command's main) ends the children
+    it started, never those its caller tracked before."""
+    from protocol import processes
+    from protocol.cli import run_main
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    outer = processes.popen(sleeper)
+    inner: list[subprocess.Popen[bytes]] = []
+    try:
+        assert run_main(lambda argv: inner.append(processes.popen(sleeper)) or 0, []) == 0
+        assert _all_gone([inner[0].pid]) == [] and inner[0].returncode is not None
+        assert outer.poll() is None
+    finally:
+        processes.stop_children(which=[outer])
+    assert outer.returncode is not None and outer not in processes.tracked()
+
+
+@pytest.mark.slow
+def test_refiner_training_stops_with_a_checkpoint(tmp_path: Path) -> None:
+    """Training starts no processes: a stop signal ends it after the current step, with a
+    checkpoint to resume from, and the command exits with 128 + N."""
+    import broken_datasets as bd
+
+    synthetic, real = bd.good_crops(tmp_path / "S", 6), bd.good_crops(tmp_path / "R", 6)
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "refiner_daemon.refiner.train", "--run-dir", str(run),
+               "--synthetic", str(synthetic), "--real", str(real), "--preset", "C_CP",
+               "--width", "4", "--disc-width", "4", "--n-blocks", "1", "--crop-size", "32x32",
+               "--max-steps", "100000", "--checkpoint-every", "100000", "--device", "cpu",
+               "--no-tensorboard", "--no-progress"]
+    trainer = subprocess.Popen(command, cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    _wait_for(lambda: (run / "config.json").exists(), 120, "training to start")
+    time.sleep(2.0)
+    trainer.send_signal(signal.SIGTERM)
+    _, err = trainer.communicate(timeout=60)
+    assert trainer.returncode == 128 + signal.SIGTERM, err
+    assert "train-refiner: received SIGTERM" in err and "--resume" in err
+    assert (run / "checkpoints" / "latest.pt").is_file()

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from protocol import processes
 from protocol.cli import run_main
 from protocol.datacheck import BadFile
 from protocol.fileio import atomic_write_json
@@ -124,7 +125,18 @@ def _main(argv: list[str]) -> int:
         atomic_write_json(Path(config.out_dir) / "data_check.json", report)
         print(f"skipped {len(bad)} bad images (listed in {Path(config.out_dir) / 'data_check.json'})",
               file=sys.stderr)
-    best = train_detector(config)
+    # A stop signal ends training after the current step with last.pt saved (--resume goes on
+    # from it); the command then exits with 128 + the signal number. A second signal: at once.
+    received: list[int] = []
+    restore = processes.install_stop_handlers("detector-train", on_stop=received.append)
+    try:
+        best = train_detector(config, should_stop=lambda: bool(received))
+    finally:
+        restore()
+    if received:
+        print(f"training stopped; state saved in {config.out_dir}; rerun with --resume to continue",
+              file=sys.stderr)
+        return 128 + received[0]
     print(f"best checkpoint: {best}")
     return 0
 

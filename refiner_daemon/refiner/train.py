@@ -13,6 +13,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from protocol import processes
 from protocol.cli import run_main
 from protocol.datacheck import check_images
 from refiner_daemon.refiner.presets import PRESETS
@@ -88,6 +89,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                        help="feature extractor (default auto: VGG16 if its weights exist, "
                             "else the offline MobileNetV2)")
     model.add_argument("--perceptual-weights", help="path to the extractor's ImageNet .pth")
+    model.add_argument("--feature-share", type=float,
+                       help="share of the generator objective the feature terms make up at "
+                            "calibration (default: the preset's; 0: raw lambdas)")
     model.add_argument("--switch-epoch", type=int, help="AGGAN attention switch (default 30)")
     model.add_argument("--tau", type=float, help="AGGAN foreground threshold (default 0.1)")
     train = parser.add_argument_group("training")
@@ -101,6 +105,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     train.add_argument("--no-flip", dest="flip", action="store_false", default=None,
                        help="no random horizontal flips")
     train.add_argument("--checkpoint-every", type=int, help="steps (default 1000)")
+    val = parser.add_argument_group("validation (FD/KID to held-out real crops, model_best.pt)")
+    val.add_argument("--val-synthetic", dest="val_synthetic_dir",
+                     help="S_val: synthetic crops not trained on")
+    val.add_argument("--val-real", dest="val_real_dir",
+                     help="R_val: crops of real frames never trained on")
+    val.add_argument("--val-every", type=int, help="steps between evaluations (default 500)")
+    val.add_argument("--val-max-crops", type=int, help="crops per folder (default 64)")
     train.add_argument("--max-steps", type=int, help="stop (with a checkpoint) after N steps")
     train.add_argument("--resume", action="store_true", default=None,
                        help="continue from <run-dir>/checkpoints/latest.pt")
@@ -208,7 +219,18 @@ def run_from_args(args: argparse.Namespace) -> int:
               file=sys.stderr)
     from refiner_daemon.refiner.training import train_refiner
 
-    path = train_refiner(cfg)
+    # A stop signal ends training after the current step, with a checkpoint (--resume goes on
+    # from it); the command then exits with 128 + the signal number. A second signal: at once.
+    received: list[int] = []
+    restore = processes.install_stop_handlers("train-refiner", on_stop=received.append)
+    try:
+        path = train_refiner(cfg, should_stop=lambda: bool(received))
+    finally:
+        restore()
+    if received:
+        print(f"training stopped; state saved in {cfg.run_dir}; rerun with --resume to continue",
+              file=sys.stderr)
+        return 128 + received[0]
     print(f"refiner written to {path}")
     return 0
 
