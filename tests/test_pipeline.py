@@ -28,17 +28,20 @@ def _two_threads() -> None:
     torch.set_num_threads(2)
 
 
-def test_fraction_split_is_contiguous_and_disjoint() -> None:
+def test_fraction_split_is_contiguous_disjoint_and_gapped() -> None:
     names = [f"f{i:02d}.jpg" for i in range(10)]
     parts = split_real_frames(list(reversed(names)), {"train": 0.6, "val": 0.2, "test": 0.2})
     assert parts == {"train": names[:6], "val": names[6:8], "test": names[8:]}
+    # A gap of one frame between the parts: near-duplicate neighbours never straddle a split.
+    gapped = split_real_frames(names, {"train": 0.5, "val": 0.2, "test": 0.3}, gap=1)
+    assert gapped == {"train": names[:4], "val": names[5:7], "test": names[8:]}
     tiny = split_real_frames(names[:3], {"train": 0.8, "val": 0.1, "test": 0.1})
     assert [len(v) for v in tiny.values()] == [1, 1, 1]
     seven = split_real_frames(names[:7], {"train": 0.5, "val": 0.25, "test": 0.25})
     assert [len(v) for v in seven.values()] == [3, 2, 2]
 
 
-def test_split_refuses_mixed_or_empty_parts() -> None:
+def test_split_refuses_mixed_empty_or_adjacent_parts() -> None:
     names = ["a.jpg", "b.jpg", "c.jpg"]
     with pytest.raises(PipelineError, match="both train and test"):
         split_real_frames(names, {"train": ["a.jpg", "b.jpg"], "val": ["c.jpg"], "test": ["a.jpg"]})
@@ -48,6 +51,9 @@ def test_split_refuses_mixed_or_empty_parts() -> None:
         split_real_frames(names, {"train": ["z.jpg"], "val": ["b.jpg"], "test": ["c.jpg"]})
     with pytest.raises(PipelineError, match="too few"):
         split_real_frames(names[:2], {"train": 0.6, "val": 0.2, "test": 0.2})
+    with pytest.raises(PipelineError, match="train and val frames are 1 apart"):
+        split_real_frames(names + ["d.jpg", "e.jpg"],
+                          {"train": ["a.jpg"], "val": ["b.jpg"], "test": ["e.jpg"]}, gap=1)
 
 
 def test_config_validation_names_the_field(tmp_path: Path) -> None:
@@ -72,81 +78,109 @@ def test_render_stage_runs_the_batch_renderer_command(tmp_path: Path) -> None:
                            "--sitting", "1,2", "--denoise"]
     config = PipelineConfig.from_dict({"out_dir": str(tmp_path), "real": str(tmp_path),
                                        "render": {"count": 1, "scene": str(tmp_path / "missing")}})
-    with pytest.raises(PipelineError, match="stage 1"):
-        stage_render(config, tmp_path / "S")
+    with pytest.raises(PipelineError, match="stage 2"):
+        stage_render(config, tmp_path)
 
 
-def test_stages_5_to_7_end_to_end(tmp_path: Path) -> None:
-    real = write_disc_dataset(tmp_path / "real", images=7, size=64, radius=(5, 7), seed=0)
+def test_detector_arms_end_to_end(tmp_path: Path) -> None:
+    real = write_disc_dataset(tmp_path / "real", images=8, size=64, radius=(5, 7), seed=0)
     synthetic = write_disc_dataset(tmp_path / "S", images=6, size=64, radius=(5, 7), seed=1,
                                    style=DiscStyle(background=0.55, noise=0.02, tint=(1.1, 1.0, 0.8)))
     refined = write_disc_dataset(tmp_path / "S_plus", images=6, size=64, radius=(5, 7), seed=2,
                                  style=DiscStyle(background=0.65, noise=0.06))
-    config = PipelineConfig.from_dict({
+    settings = {
         "out_dir": str(tmp_path / "exp"), "real": str(real),
-        "real_split": {"train": 0.5, "val": 0.25, "test": 0.25},
+        "real_split": {"train": 0.5, "val": 0.2, "test": 0.3}, "split_gap": 1,
         "synthetic": str(synthetic),
         "refined": {"X+S": {"path": str(refined)}},
-        "mix_ratios": [0, 1],
+        "experiments": ["S", "R_train", "refined", "R_train+S", "R_train+refined", "mix"],
+        "mix_ratios": [0, 1], "gap": False,
         "detector": {"epochs": 1, "input_size": 64, "batch_size": 4, "num_anchors": 2, "augment": False,
                      "tensorboard": False},
-        "seed": 5, "repeats": 1,
-    })
-    results = run_pipeline(config)
+        "detector_seeds": [5, 6],
+    }
+    results = run_pipeline(PipelineConfig.from_dict(settings))
     out = tmp_path / "exp"
-    assert results["seeds"] == [5]
     split = json.loads((out / "real_split.json").read_text())
-    assert [len(split[k]) for k in ("train", "val", "test")] == [3, 2, 2]
+    assert [len(split[k]) for k in ("train", "val", "test")] == [3, 1, 2] and split["gap"] == 1
+    assert split["heads"]["test"] == sum(a["test"]["heads"] for a in results["arms"][:1])
+    # One anchor set for every arm, fitted on the union of the training sets and saved.
+    anchors = json.loads((out / "anchors.json").read_text())
+    assert anchors["anchor_shapes"] == results["anchors"] and len(results["anchors"]) == 2
+    for runs in results["runs"].values():
+        for run in runs:
+            config = json.loads((Path(run["checkpoint"]).parent / "config.json").read_text())
+            assert config["anchor_shapes"] == results["anchors"]
+    arms = {arm["name"]: arm for arm in results["arms"]}
+    assert list(arms) == ["S", "R_train", "X+S", "R_train + S", "R_train + X+S"]
+    for arm in arms.values():
+        test = arm["test"]
+        assert arm["detector_seeds"] == [5, 6] and test["runs"] == 2
+        assert {"f1_mean", "f1_std", "f1_ci95", "precision_mean", "recall_mean", "heads"} <= set(test)
+        low, high = test["f1_ci95"]
+        assert low <= high and 0.0 <= test["f1_mean"] <= 1.0
+    assert [(p["a"], p["b"]) for p in results["paired"]] == [
+        ("R_train + S", "R_train"), ("X+S", "S"), ("R_train + X+S", "R_train + S"),
+        ("R_train + X+S", "R_train")]
+    assert all(p["pairs"] == 2 for p in results["paired"])
     tables = results["tables"]
-    assert list(tables["4.2"]) == ["S", "R_train"]
-    assert list(tables["4.3"]) == ["X+S"] and "4.4" not in tables  # "+S" names a skip connection
-    assert list(tables["4.5"]) == ["R_train + S", "R_train + X+S"]
+    assert list(tables["4.2"]) == ["S", "R_train"] and list(tables["4.3"]) == ["X+S"]
     assert list(tables["4.6"]) == ["R_train + 0x X+S", "R_train + 1x X+S"]
-    # 0x is R_train itself; 1x adds |R_train| refined images.
-    assert tables["4.6"]["R_train + 0x X+S"] == tables["4.2"]["R_train"]
-    assert tables["4.6"]["R_train + 1x X+S"]["train_images"] == 6
-    for rows in tables.values():
-        for summary in rows.values():
-            assert summary["seeds"] == [5] and len(summary["epochs"]) == 1
-            assert 0.0 <= summary["f1"]["mean"] <= 1.0 and summary["f1"]["std"] == 0.0
-    for runs in results["runs"].values():  # each number was measured with its seed
-        assert [r["seed"] for r in runs] == [5]
+    for runs in results["runs"].values():  # each number was measured with its seed, on R_test
         for r in runs:
             detail = json.loads((Path(r["checkpoint"]).parent / "test_detail.json").read_text())
             assert detail["seed"] == r["seed"] and detail["f1"] == r["f1"]
             assert {d["image"] for d in detail["per_image"]} == set(split["test"])
     markdown = (out / "tables.md").read_text()
-    for title in ("Table 4.2", "Table 4.3", "Table 4.5", "Table 4.6"):
+    for title in ("Arms on R_test", "Paired differences", "Table 4.2", "Table 4.6"):
         assert title in markdown
-    assert "| [5] |" in markdown
-    assert (out / "f1_vs_mix_ratio.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # A rerun reuses the finished detector runs instead of training again.
-    stamp = (out / "detectors" / "S" / "seed5" / "test.json").stat().st_mtime_ns
-    assert run_pipeline(config)["tables"] == tables
-    assert (out / "detectors" / "S" / "seed5" / "test.json").stat().st_mtime_ns == stamp
+    # A rerun reuses every finished stage; a changed detector config trains new detectors
+    # in new folders and leaves the old ones alone.
+    marker = next((out / "detectors").glob("S_rNone_d5-*")) / "stage.json"
+    stamp = marker.stat().st_mtime_ns
+    assert run_pipeline(PipelineConfig.from_dict(settings))["arms"] == results["arms"]
+    assert marker.stat().st_mtime_ns == stamp
+    changed = {**settings, "experiments": ["S"],
+               "detector": {**settings["detector"], "learning_rate": 5e-4}}
+    run_pipeline(PipelineConfig.from_dict(changed))
+    assert len(list((out / "detectors").glob("S_rNone_d5-*"))) == 2
+    assert marker.stat().st_mtime_ns == stamp
 
 
-def test_stages_2_to_4_make_a_refined_set_and_feed_the_tables(tmp_path: Path) -> None:
-    """Crop S and R_train, train a (tiny, two-step) refiner, refine S into S+, train and test a
-    detector on it: S+ keeps S's annotations and changes pixels only under the person masks."""
+def _refiner_experiment(tmp_path: Path, **overrides) -> dict:
+    real = write_disc_dataset(tmp_path / "real", images=7, size=64, radius=(6, 8), seed=0,
+                              style=DiscStyle(background=0.5))
+    synthetic = write_disc_dataset(tmp_path / "S", images=5, size=64, radius=(6, 8), seed=1)
+    return {
+        "out_dir": str(tmp_path / "exp"), "real": str(real), "synthetic": str(synthetic),
+        "real_split": {"train": 0.5, "val": 0.25, "test": 0.25}, "split_gap": 0,
+        "synthetic_val_frames": 2,
+        "refined": {"C_CP": {"preset": "C_CP"}}, "experiments": ["refined"],
+        "crops": {"size": [48, 48], "fit_margin_px": 2.0},
+        "refiner": {"epochs": 1, "max_steps": 2, "width": 4, "disc_width": 4, "n_blocks": 1, "crop_size": [48, 48],
+                    "tensorboard": False, "progress": False, "device": "cpu", "val_every": 1},
+        "detector": {"epochs": 1, "input_size": 64, "batch_size": 4, "num_anchors": 2, "augment": False,
+                     "tensorboard": False},
+        "detector_seeds": [0], "refiner_seeds": [0], **overrides,
+    }
+
+
+def test_refiner_stages_make_a_refined_set_and_gate_it(tmp_path: Path) -> None:
+    """Crop S, S_val, R_train and R_val, train a (tiny, two-step) refiner, gate it, refine S
+    into S+ and train and test a detector on it: S+ keeps S's annotations and changes pixels only
+    under the person masks. A two-step refiner does not beat S on R_val: the gate stops the run
+    with its numbers, and --allow-harmful-refiner runs it marked."""
     import numpy as np
     from PIL import Image
 
     from protocol.coco import rle_decode
+    from refiner_daemon.evaluation.pipeline import RefinerGateError
 
-    real = write_disc_dataset(tmp_path / "real", images=5, size=64, radius=(6, 8), seed=0,
-                              style=DiscStyle(background=0.5))
-    synthetic = write_disc_dataset(tmp_path / "S", images=3, size=64, radius=(6, 8), seed=1)
-    config = PipelineConfig.from_dict({
-        "out_dir": str(tmp_path / "exp"), "real": str(real), "synthetic": str(synthetic),
-        "refined": {"C_CP": {"preset": "C_CP"}}, "experiments": ["refined"], "distance_table": True,
-        "crops": {"size": [48, 48], "fit_margin_px": 2.0},
-        "refiner": {"epochs": 1, "max_steps": 2, "width": 4, "disc_width": 4, "n_blocks": 1, "crop_size": [48, 48],
-                    "tensorboard": False, "progress": False, "device": "cpu"},
-        "detector": {"epochs": 1, "input_size": 64, "batch_size": 4, "num_anchors": 2, "augment": False,
-                     "tensorboard": False},
-    })
-    results = run_pipeline(config)
+    settings = _refiner_experiment(tmp_path)
+    with pytest.raises(RefinerGateError, match="fails the gate.*FD to R_val.*allow-harmful-refiner"):
+        run_pipeline(PipelineConfig.from_dict(settings))
+    results = run_pipeline(PipelineConfig.from_dict({**settings, "allow_harmful_refiner": True}))
+    synthetic = Path(settings["synthetic"])
     refined = Path(results["refined"]["C_CP"])
     source = json.loads((synthetic / "coco.json").read_text())
     made = json.loads((refined / "coco.json").read_text())
@@ -164,25 +198,23 @@ def test_stages_2_to_4_make_a_refined_set_and_feed_the_tables(tmp_path: Path) ->
         assert (before[~people] == after[~people]).all()
         changed_anywhere |= bool((before[people] != after[people]).any())
     assert changed_anywhere
+    (refiner,) = results["refiners"]["C_CP"]
+    assert refiner["harmful"] and refiner["gate"]["passes"] is False and refiner["gate"]["reasons"]
+    (arm,) = results["arms"]
+    assert arm["name"] == "C_CP" and arm["harmful_refiner"] and arm["refiner_seeds"] == [0]
+    assert "(harmful refiner)" in (tmp_path / "exp" / "tables.md").read_text()
     assert list(results["tables"]["4.4"]) == ["C_CP"]  # no skip connection: Table 4.4
-    assert (tmp_path / "exp" / "refiners" / "C_CP" / "refiner.pt").is_file()
-    distances = results["table_4_1"]["rows"]  # Table 4.1 on the crops
-    assert set(distances) == {"S", "R_train", "C_CP"}
-    assert distances["S"]["fd_to_S"] == pytest.approx(0.0, abs=1e-6)
-    assert distances["R_train"]["fd_to_R_train"] == pytest.approx(0.0, abs=1e-6)
-    assert distances["S"]["fd_to_R_train"] > 0.0
-    assert "Table 4.1" in (tmp_path / "exp" / "tables.md").read_text()
 
 
-def test_repeats_are_reported_as_mean_and_std_with_their_seeds() -> None:
+def test_repeats_are_reported_as_mean_and_sample_std_with_their_seeds() -> None:
     runs = [Run("S", seed, epoch, p, r, f, f, 0.5, 10, "x") for seed, epoch, p, r, f in
             [(0, 3, 0.8, 0.6, 0.7), (1, 5, 1.0, 0.8, 0.9)]]
     summary = summarise(runs)
     assert summary["seeds"] == [0, 1] and summary["epochs"] == [3, 5]
-    assert summary["f1"] == pytest.approx({"mean": 0.8, "std": 0.1})
-    assert summary["precision"] == pytest.approx({"mean": 0.9, "std": 0.1})
+    sample_std = 0.1 * 2 ** 0.5  # ddof = 1
+    assert summary["f1"] == pytest.approx({"mean": 0.8, "std": sample_std})
     markdown = render_tables({"seeds": [0, 1], "tables": {"4.2": {"S": summary}}})
-    assert "| S | 3, 5 | 0.900 ± 0.100 | 0.700 ± 0.100 | 0.800 ± 0.100 | 10 | [0, 1] |" in markdown
+    assert f"| S | 3, 5 | 0.900 ± {sample_std:.3f} | 0.700 ± {sample_std:.3f} | 0.800 ± {sample_std:.3f} |" in markdown
 
 
 @pytest.mark.realdata
@@ -191,8 +223,8 @@ def test_real_frames_split_without_mixing(cepdof_dir: Path) -> None:
     from refiner_daemon.detector.data import image_names, load_samples
 
     names = image_names(DatasetSpec(str(cepdof_dir)))
-    parts = split_real_frames(names, {"train": 0.6, "val": 0.2, "test": 0.2})
-    assert [len(parts[k]) for k in ("train", "val", "test")] == [6, 2, 2]
+    ordered = sorted(names)
+    parts = split_real_frames(names, {"train": ordered[:4], "val": ordered[5:6], "test": ordered[7:]}, gap=1)
     heads = {k: sum(len(s.head_boxes) for s in load_samples(DatasetSpec(str(cepdof_dir), images=v)))
              for k, v in parts.items()}
-    assert sum(heads.values()) == 70
+    assert heads == {"train": 28, "val": 7, "test": 21}  # two gap frames (14 heads) left out
