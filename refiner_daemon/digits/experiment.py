@@ -456,6 +456,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
                        else rows[str(r)]["acc_mean"] for r in xs])
         ax.plot(xs, mean, color=colour, marker=marker, label=arm)
         ax.fill_between(xs, lo, hi, color=colour, alpha=0.15)
+    ax.set_ylim(top=1.0)  # a t interval over few seeds can pass 1; accuracy cannot
     ax.set_xscale("log")
     ax.set_xticks(sizes)
     ax.set_xticklabels([str(r) for r in sizes])
