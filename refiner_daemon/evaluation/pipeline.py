@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -39,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from protocol import processes
+from protocol.cli import run_main
 from protocol.crop_dataset import CropDatasetConfig, build_crop_dataset
 from protocol.fileio import atomic_write_json, atomic_write_text
 from refiner_daemon.detector.config import DatasetSpec, DetectorConfig
@@ -247,7 +248,12 @@ def stage_render(cfg: PipelineConfig, out: Path) -> Path:
         return folder
     command = render_command(settings, folder)
     print("stage 2:", " ".join(command), flush=True)
-    if subprocess.run(command, check=False).returncode != 0:
+    renderer = processes.popen(command)  # stopped with this process, even by kill -9
+    try:
+        code = renderer.wait()
+    finally:
+        processes.untrack(renderer)
+    if code != 0:
         raise PipelineError(f"stage 2 (render) failed; rerun by hand to see why: {' '.join(command)}")
     cache.mark_done(folder, command=command)
     return folder
@@ -845,6 +851,12 @@ def plot_mix(results: dict[str, Any], path: Path, ratios: list[float]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The pipeline command under the project's error and stop contract (``protocol.cli``):
+    one-line errors with exit code 2, children stopped on SIGTERM / SIGINT / SIGHUP."""
+    return run_main(_main, argv, prog="pipeline")
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m refiner_daemon.evaluation.pipeline",
         description="Run thesis Algorithm 3 from a JSON config: (render S, crop, train refiners with "
@@ -889,15 +901,12 @@ run with its numbers and contact sheet; --allow-harmful-refiner runs its arms an
         if args.allow_harmful_refiner:
             data["allow_harmful_refiner"] = True
         config = PipelineConfig.from_dict(data)
-    except (OSError, json.JSONDecodeError, PipelineError, ValueError) as exc:
-        parser.exit(2, f"error: {args.config}: {exc}\n")
+    except (OSError, json.JSONDecodeError, ValueError) as exc:
+        raise PipelineError(f"{args.config}: {exc}; fix the config (see --help for an example)") from exc
     if args.dry_run:
         print(json.dumps(config.to_dict(), indent=2))
         return 0
-    try:
-        results = run_pipeline(config)
-    except PipelineError as exc:
-        parser.exit(2, f"error: {exc}\n")
+    results = run_pipeline(config)
     print(render_tables(results))
     return 0
 
