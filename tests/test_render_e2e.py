@@ -78,6 +78,11 @@ def test_annotations_agree_with_masks_and_image(dataset_dir: Path) -> None:
             bx, by, bw, bh = a["head_bbox"]
             assert bx <= hx <= bx + bw and by <= hy <= by + bh
             assert a["keypoints"][:2] == [hx, hy]
+            # COCO flag: 0 head outside the image, 1 in view but hidden, 2 the head pixel shows them.
+            if not a["head_in_view"]:
+                assert a["keypoints"][2] == 0
+            else:
+                assert a["keypoints"][2] == (2 if ids[int(hy), int(hx)] == a["instance_id"] else 1)
             # The projected head lands on the person's unoccluded silhouette.
             fys, fxs = np.nonzero(full)
             assert np.hypot(fxs + 0.5 - hx, fys + 0.5 - hy).min() <= 1.5

@@ -148,6 +148,16 @@ def head_box(camera: FisheyeCamera, settings: CyclesCameraSettings, head: np.nda
     return [x0, y0, x1 - x0, y1 - y0]
 
 
+def keypoint_visibility(head_in_view: bool, head_pixel_visible: bool) -> int:
+    """COCO keypoint flag of the head: 0 when the head is outside the image (outside the image
+    circle or the frame; its point is then not a place in the picture), 1 when it is in view but
+    the head pixel does not show this person (furniture or another person in front), 2 when the
+    head pixel shows this person."""
+    if not head_in_view:
+        return 0
+    return 2 if head_pixel_visible else 1
+
+
 def annotate_people(
     visible_ids: np.ndarray,
     full_masks: Mapping[int, np.ndarray],
@@ -159,6 +169,8 @@ def annotate_people(
 
     ``visible_ids`` is the instance-id image (0 = no person); ``full_masks[k]`` is person k's
     unoccluded silhouette; ``heads[k]`` is the 3D head centre. Ordered by instance id.
+    The head keypoint's flag follows COCO: 0 for a head outside the image (``head_in_view``
+    false), 1 for an occluded head, 2 for a visible one (``keypoint_visibility``).
     """
     settings = camera.cycles_settings()
     image_center = camera.effective_principal_point()
@@ -185,7 +197,7 @@ def annotate_people(
             "head_point": [float(hx), float(hy)],
             "head_bbox": head_box(camera, settings, heads[instance], head_radius_m),
             "head_in_view": bool(in_view),
-            "keypoints": [float(hx), float(hy), 2 if head_pixel_visible else 1],
+            "keypoints": [float(hx), float(hy), keypoint_visibility(bool(in_view), head_pixel_visible)],
             "num_keypoints": 1,
             "segmentation": rle_encode(visible),
             "segmentation_full": rle_encode(full),
