@@ -39,6 +39,12 @@ SHIM = '''"""Fisheye Synth extension entry point: the code ships in the bundled 
 
 
 def register() -> None:
+    import bpy
+
+    from blender_addon.core import blender_version
+
+    # Refuse an older Blender before any of the add-on's Blender code is imported.
+    blender_version.check(bpy.app.version)
     from blender_addon.bl import registration
 
     # Our package name (bl_ext.<repo>.fisheye_synth) names the preferences and user folder.

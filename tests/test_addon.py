@@ -158,6 +158,18 @@ def test_register_unregister_twice_leaves_nothing_behind() -> None:
         assert (len(bpy.app.handlers.load_pre), len(bpy.app.handlers.depsgraph_update_post)) == handlers_before
 
 
+def test_register_refuses_an_older_blender_and_registers_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from blender_addon.bl import registration
+    from blender_addon.core.blender_version import UnsupportedBlenderError
+
+    assert registration.running_version() >= (5, 0, 0)  # the pip bpy this suite runs on
+    monkeypatch.setattr(registration, "running_version", lambda: (4, 2, 3))
+    with pytest.raises(UnsupportedBlenderError, match=r"needs Blender 5\.0\.0 or newer, but this is Blender 4\.2\.3"):
+        blender_addon.register()
+    assert _fsynth_classes() == []
+    assert not hasattr(bpy.types.Scene, "fisheye_synth")
+
+
 def test_operators_have_tooltips_and_undo_where_they_edit(addon: Any) -> None:
     from blender_addon.ui import operators
 

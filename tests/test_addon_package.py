@@ -66,7 +66,7 @@ def _manifest(zip_path: Path) -> dict:
 def test_manifest_is_complete_and_its_wheels_exist(offline_zip: Path) -> None:
     manifest = _manifest(offline_zip)
     assert manifest["id"] == "fisheye_synth" and manifest["type"] == "add-on"
-    assert tuple(int(v) for v in manifest["blender_version_min"].split(".")) >= (4, 2, 0)
+    assert manifest["blender_version_min"] == "5.0.0"  # 5.0 APIs in use; register() refuses older
     assert set(manifest["permissions"]) >= {"files", "network"}
     assert manifest["platforms"] == ["linux-x64"]
     with zipfile.ZipFile(offline_zip) as archive:
@@ -77,6 +77,8 @@ def test_manifest_is_complete_and_its_wheels_exist(offline_zip: Path) -> None:
         project_wheel = next(w for w in manifest["wheels"] if "fisheye_synth_blender" in w)
         inner = zipfile.ZipFile(archive.open(project_wheel.removeprefix("./")))
     assert "registration.register(__package__)" in shim
+    # The shim checks the version before importing any of the add-on's Blender code.
+    assert shim.index("blender_version.check(bpy.app.version)") < shim.index("import registration")
     inner_names = set(inner.namelist())
     for needed in ("blender_addon/ui/panels.py", "blender_addon/ui/operators.py",
                    "blender_addon/core/preview_pipeline.py", "protocol/transport.py", "protocol/crops.py"):

@@ -3,6 +3,11 @@
 ``register(addon_package)``: the installed extension's shim passes its own ``__package__``
 (e.g. ``bl_ext.user_default.fisheye_synth``), which names the preferences and the user data
 folder; registered from source it defaults to ``blender_addon``.
+
+Before anything is registered, the running Blender's version is checked against
+``core.blender_version.MIN_BLENDER_VERSION`` (5.0.0, also the manifest's
+``blender_version_min``): an older Blender gets ``UnsupportedBlenderError`` naming both
+versions, Blender shows it and leaves the add-on disabled, and nothing is half-registered.
 """
 
 from __future__ import annotations
@@ -29,7 +34,19 @@ def _on_load_pre(*_args: object) -> None:
     actions.reset()
 
 
+def running_version() -> tuple[int, int, int]:
+    """``bpy.app.version`` (a function, so a test can stand in an older Blender)."""
+    return tuple(bpy.app.version)  # type: ignore[return-value]
+
+
 def register(addon_package: str | None = None) -> None:
+    from blender_addon.core import blender_version
+
+    try:
+        blender_version.check(running_version())
+    except blender_version.UnsupportedBlenderError as exc:
+        print(f"fisheye_synth: not enabled: {exc}")
+        raise
     preferences.set_addon_package(addon_package)
     preferences.FSYNTH_AP_preferences.bl_idname = preferences.addon_package()
     for cls in classes:
