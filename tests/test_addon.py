@@ -148,11 +148,12 @@ def test_register_unregister_twice_leaves_nothing_behind() -> None:
         assert "FSYNTH_PT_main" in _fsynth_classes() and "FSYNTH_OT_populate" in _fsynth_classes()
         assert hasattr(bpy.context.scene, "fisheye_synth")
         assert bpy.context.scene.fisheye_synth.human_backend == "mpfb2"
-        bpy.context.scene.fisheye_synth.live_enabled = True  # starts a handler and a timer
+        bpy.context.window_manager.fisheye_synth_runtime.live_enabled = True  # starts a handler and a timer
         assert bpy.app.timers.is_registered(runtime.tick)
         blender_addon.unregister()
         assert _fsynth_classes() == []
         assert not hasattr(bpy.types.Scene, "fisheye_synth")
+        assert not hasattr(bpy.types.WindowManager, "fisheye_synth_runtime")
         assert not bpy.app.timers.is_registered(runtime.tick)
         assert runtime.TASKS == {}
         assert (len(bpy.app.handlers.load_pre), len(bpy.app.handlers.depsgraph_update_post)) == handlers_before
@@ -177,6 +178,95 @@ def test_operators_have_tooltips_and_undo_where_they_edit(addon: Any) -> None:
         assert cls.__doc__ and len(cls.__doc__.strip()) > 20, cls.__name__
     for cls in (operators.FSYNTH_OT_populate, operators.FSYNTH_OT_reroll, operators.FSYNTH_OT_load_scene):
         assert {"REGISTER", "UNDO"} <= cls.bl_options
+
+
+class _IdleTask:
+    """A background task that never finishes on its own (for state and poll checks)."""
+
+    def step(self) -> bool:
+        return False
+
+    def cancel(self) -> None:
+        pass
+
+
+def test_runtime_state_lives_on_the_window_manager_not_the_scene(addon: Any) -> None:
+    from blender_addon.ui import panel_sketch, properties, runtime
+
+    state = bpy.context.window_manager.fisheye_synth_runtime
+    runtime_names = set(properties.FSYNTH_PG_runtime.__annotations__)
+    assert {"live_enabled", "display_mode", "batch_running", "batch_progress", "batch_status",
+            "train_state"} <= runtime_names
+    scene_names = set(addon.bl_rna.properties.keys())
+    assert not runtime_names & scene_names  # the saved, undoable scene settings hold none of it
+    runtime.start_task("batch", _IdleTask())
+    try:
+        runtime.set_status("batch", "rendering 4/10")
+        runtime.set_progress("batch", 0.4)
+        assert state.batch_running and state.batch_status == "rendering 4/10"
+        assert state.batch_progress == pytest.approx(0.4)
+        for scene in bpy.data.scenes:  # nothing of it reached a scene's stored properties
+            stored = scene.fisheye_synth.keys() if hasattr(scene.fisheye_synth, "keys") else []
+            assert not set(stored) & runtime_names
+            assert not any("rendering 4/10" == str(v) for v in scene.fisheye_synth.values())
+        # The panel shows a progress bar with a Cancel button instead of the Batch Render button.
+        render_panel = next(item for label, item in panel_sketch.record_panels(bpy.context) if label == "Render")
+
+        def texts(item: Any) -> list[str]:
+            return [item.text] + [t for child in item.children for t in texts(child)]
+
+        shown = texts(render_panel)
+        assert any(t.startswith("[40 %] Batch") for t in shown), shown
+        assert "Batch Render" not in shown
+    finally:
+        runtime.cancel_task("batch")
+    assert not state.batch_running and state.batch_progress == 0.0
+    assert "Batch Render" in texts(next(i for label, i in panel_sketch.record_panels(bpy.context)
+                                        if label == "Render"))
+
+
+def test_every_operator_polls(addon: Any) -> None:
+    from blender_addon.ui import operators, runtime
+
+    for cls in operators.classes:
+        assert "poll" in vars(cls), f"{cls.__name__} has no poll()"
+    # Disabled while its job runs, with the reason as the error; enabled again after.
+    assert bpy.ops.fsynth.batch_render.poll() and not bpy.ops.fsynth.train_cancel.poll()
+    assert not bpy.ops.fsynth.cancel.poll()  # nothing to cancel
+    runtime.start_task("train", _IdleTask())
+    runtime.start_task("batch", _IdleTask())
+    try:
+        assert not bpy.ops.fsynth.batch_render.poll() and not bpy.ops.fsynth.train.poll()
+        assert bpy.ops.fsynth.train_cancel.poll() and bpy.ops.fsynth.cancel.poll()
+        with pytest.raises(RuntimeError, match="a batch render is running; cancel it first"):
+            bpy.ops.fsynth.batch_render()
+    finally:
+        runtime.cancel_task("train")
+        runtime.cancel_task("batch")
+    assert bpy.ops.fsynth.batch_render.poll() and bpy.ops.fsynth.train.poll()
+    # Without a loaded room, the buttons that need one are greyed out.
+    loaded = addon.loaded_scene_dir
+    addon.loaded_scene_dir = ""
+    try:
+        for op in (bpy.ops.fsynth.populate, bpy.ops.fsynth.reroll, bpy.ops.fsynth.render_preview,
+                   bpy.ops.fsynth.batch_render, bpy.ops.fsynth.save_scene, bpy.ops.fsynth.show_alignment,
+                   bpy.ops.fsynth.add_proxy):
+            assert not op.poll(), op
+        with pytest.raises(RuntimeError, match="no room loaded"):
+            bpy.ops.fsynth.populate()
+    finally:
+        addon.loaded_scene_dir = loaded
+    assert bpy.ops.fsynth.populate.poll()
+
+
+def test_default_people_counts_are_thesis_table_7_2(addon: Any) -> None:
+    """Table 7.2: U(1, 5) sitting and U(0, 4) standing people per image."""
+    from blender_addon.core.placement import PlacementConfig
+
+    rna = addon.bl_rna.properties
+    assert (rna["sitting_min"].default, rna["sitting_max"].default) == (1, 5)
+    assert (rna["standing_min"].default, rna["standing_max"].default) == (0, 4)
+    assert PlacementConfig().sitting_range == (1, 5) and PlacementConfig().standing_range == (0, 4)
 
 
 def test_load_scene_builds_fisheye_camera_with_photo_and_proxies(addon: Any, scene_copy: Path) -> None:
@@ -350,9 +440,10 @@ def test_preview_render_refine_and_live_preview(addon: Any, daemon: str) -> None
     assert tuple(compare.size) == (2 * 160 + 8, 160)
 
     # Live: moving a person triggers a debounced render + refine shown over the camera view.
+    state = bpy.context.window_manager.fisheye_synth_runtime
     addon.live_delay_s = 0.1
-    addon.display_mode = "refined"
-    addon.live_enabled = True
+    state.display_mode = "refined"
+    state.live_enabled = True
     assert live_preview.is_enabled()
     deadline = time.monotonic() + 120
     while "showing" not in runtime.STATUS.get("live", "") and time.monotonic() < deadline:
@@ -378,12 +469,12 @@ def test_preview_render_refine_and_live_preview(addon: Any, daemon: str) -> None
         time.sleep(0.02)
     assert "showing" in runtime.STATUS["live"], (rounds_before, runtime.STATUS)
     assert longest < 0.5
-    addon.display_mode = "attention"
+    state.display_mode = "attention"
     attention = scene_objects.image_pixels(live_image)
-    addon.display_mode = "synthetic"
+    state.display_mode = "synthetic"
     synthetic = scene_objects.image_pixels(live_image)
     assert not np.array_equal(attention, synthetic)
-    addon.live_enabled = False
+    state.live_enabled = False
     assert not live_preview.is_enabled() and "live" not in runtime.TASKS
 
 

@@ -121,7 +121,7 @@ def test_head_outside_the_frame_but_inside_the_circle_is_v0() -> None:
     camera = FisheyeCamera(LensModel("equidistant", 20.0), 32, 64, (16.0, 32.0), 32.0, (0, 0, 2.8))
     settings = camera.cycles_settings()
     head = np.array([3.0, 0.0, 1.2])
-    (hx, hy), in_view = (v[0] for v in camera.project(head[None], settings))
+    (hx, _hy), in_view = (v[0] for v in camera.project(head[None], settings))
     theta = math.atan2(3.0, 2.8 - 1.2)
     assert theta < settings.fisheye_fov / 2  # inside the image circle ...
     assert not in_view and hx >= 32  # ... but off the frame sideways

@@ -19,6 +19,7 @@ from blender_addon.ui import operators, panels, preferences, properties
 classes: tuple[type, ...] = (
     preferences.FSYNTH_AP_preferences,
     properties.FSYNTH_PG_settings,
+    properties.FSYNTH_PG_runtime,
     *operators.classes,
     *panels.classes,
 )
@@ -32,6 +33,7 @@ def _on_load_pre(*_args: object) -> None:
     live_preview.reset()
     runtime.shutdown()
     actions.reset()
+    properties.reset_runtime_state()
 
 
 def running_version() -> tuple[int, int, int]:
@@ -52,6 +54,8 @@ def register(addon_package: str | None = None) -> None:
     for cls in classes:
         bpy.utils.register_class(cls)
     bpy.types.Scene.fisheye_synth = bpy.props.PointerProperty(type=properties.FSYNTH_PG_settings)
+    # Runtime state (live switch, task status and progress): never saved in the .blend, never undone.
+    bpy.types.WindowManager.fisheye_synth_runtime = bpy.props.PointerProperty(type=properties.FSYNTH_PG_runtime)
     bpy.app.handlers.load_pre.append(_on_load_pre)
 
 
@@ -61,8 +65,10 @@ def unregister() -> None:
     live_preview.reset()
     runtime.shutdown()
     actions.reset()
+    properties.reset_runtime_state()
     while _on_load_pre in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(_on_load_pre)
+    del bpy.types.WindowManager.fisheye_synth_runtime
     del bpy.types.Scene.fisheye_synth
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)

@@ -183,6 +183,7 @@ class RenderTask:
         done = self.process.frames_done
         if self.window_manager is not None:
             self.window_manager.progress_update(round(100 * self.process.progress))
+        runtime.set_progress(self.channel, self.process.progress)
         if code is None:
             elapsed = time.monotonic() - self.process.started
             runtime.set_status(self.channel, f"rendering {done}/{self.process.count} ({elapsed:.0f} s)")
@@ -416,10 +417,12 @@ class JobTask:
         self.last_heard = time.monotonic()
         self.start_id = self.view.send_request(JobStart(kind=kind, config=config))
         runtime.INFO["job"] = {"kind": kind, "state": "starting", "progress": {}}
+        runtime.set_job_state("starting")
         runtime.set_status("train", f"starting {kind} ...")
 
     def _show(self, state: str, progress: dict[str, Any]) -> None:
         runtime.INFO["job"] = {"kind": self.kind, "job_id": self.job_id, "state": state, "progress": progress}
+        runtime.set_job_state(state)
         numbers = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in progress.items() if isinstance(v, (int, float)))
         runtime.set_status("train", f"{self.kind} {state}" + (f": {numbers}" if numbers else ""))

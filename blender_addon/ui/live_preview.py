@@ -7,6 +7,9 @@ subprocess), crops and refines the result on the daemon, reinserts it, and shows
 camera's front background image (``FS live``). Nothing here blocks: the render runs in another
 process and the daemon is polled with zero timeouts, so each timer tick takes milliseconds.
 The display toggle (synthetic / refined / attention) re-shows the last result without work.
+The switch and the toggle are runtime state on the window manager
+(``window_manager.fisheye_synth_runtime``); resolution, samples, model and debounce time are the
+scene's settings.
 """
 
 from __future__ import annotations
@@ -92,8 +95,10 @@ def show_current(scene: bpy.types.Scene | None = None) -> bpy.types.Image | None
     result: PreviewResult | None = _STATE["result"]
     if result is None:
         return None
-    settings = _settings(scene)
-    mode = settings.display_mode if settings is not None else "refined"
+    from blender_addon.ui.properties import runtime_state
+
+    state = runtime_state()
+    mode = state.display_mode if state is not None else "refined"
     image = scene_objects.show_image(LIVE_IMAGE, result.display_image(mode))
     camera = (scene or bpy.context.scene).camera
     if camera is not None and camera.type == "CAMERA":
@@ -126,7 +131,7 @@ def disable() -> None:
     for name in ("live", "live_render", "live_refine"):
         runtime.cancel_task(name)
     _STATE["debouncer"] = None
-    runtime.STATUS.pop("live", None)
+    runtime.clear_status("live")
 
 
 def is_enabled() -> bool:

@@ -1,5 +1,9 @@
 """The panel's operators: each turns its settings into arguments for ``ui.actions`` and
-reports failures with ``self.report`` and ``{'CANCELLED'}``. Docstrings are the tooltips."""
+reports failures with ``self.report`` and ``{'CANCELLED'}``. Docstrings are the tooltips.
+
+Every operator has a ``poll``: buttons are greyed out, with the reason as their tooltip
+(``poll_message_set``), when there is no scene, no loaded room, or when the job they would start
+is already running (then the panel offers Cancel instead)."""
 
 from __future__ import annotations
 
@@ -21,8 +25,36 @@ def _settings(context: bpy.types.Context) -> bpy.types.PropertyGroup:
     return context.scene.fisheye_synth
 
 
+def _has_settings(cls: type, context: bpy.types.Context) -> bool:
+    if getattr(getattr(context, "scene", None), "fisheye_synth", None) is None:
+        cls.poll_message_set("no scene: open or create a .blend file")
+        return False
+    return True
+
+
+def _room_loaded(cls: type, context: bpy.types.Context) -> bool:
+    if not _has_settings(cls, context):
+        return False
+    if not context.scene.fisheye_synth.loaded_scene_dir:
+        cls.poll_message_set("no room loaded: choose a scene folder and press Load Scene")
+        return False
+    return True
+
+
+def _idle(cls: type, channel: str, what: str) -> bool:
+    if runtime.busy(channel):
+        cls.poll_message_set(f"{what} is running; cancel it first")
+        return False
+    return True
+
+
 class _Action:
-    """Mixin: run ``self.act(context)`` and turn user errors into a report."""
+    """Mixin: run ``self.act(context)`` and turn user errors into a report. The default ``poll``
+    asks for a scene with the add-on's settings; operators narrow it."""
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return _has_settings(cls, context)
 
     def act(self, context: bpy.types.Context) -> str | None:
         raise NotImplementedError
@@ -45,6 +77,15 @@ class FSYNTH_OT_load_scene(_Action, bpy.types.Operator):
     bl_label = "Load Scene"
     bl_options = {"REGISTER", "UNDO"}  # noqa: RUF012  (Blender reads a plain set)
 
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        if not _has_settings(cls, context):
+            return False
+        if not context.scene.fisheye_synth.scene_dir:
+            cls.poll_message_set("choose a scene folder first (e.g. scenes/sample_office)")
+            return False
+        return True
+
     def act(self, context: bpy.types.Context) -> str:
         settings = _settings(context)
         if not settings.scene_dir:
@@ -65,6 +106,10 @@ class FSYNTH_OT_add_proxy(_Action, bpy.types.Operator):
         ("seat", "Seat", "Where a seated person's pelvis goes; the arrow is where they look"),
     ])
 
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return _room_loaded(cls, context)
+
     def act(self, context: bpy.types.Context) -> str:
         x, y, _z = context.scene.cursor.location
         if self.kind == "furniture":
@@ -84,6 +129,10 @@ class FSYNTH_OT_save_scene(_Action, bpy.types.Operator):
     bl_idname = "fsynth.save_scene"
     bl_label = "Save Scene"
 
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return _room_loaded(cls, context)
+
     def act(self, context: bpy.types.Context) -> str:
         spec = actions.save_current_scene()
         return f"saved {spec.root / 'scene.json'}"
@@ -95,6 +144,10 @@ class FSYNTH_OT_show_alignment(_Action, bpy.types.Operator):
     bl_idname = "fsynth.show_alignment"
     bl_label = "Alignment Overlay"
 
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return _room_loaded(cls, context)
+
     def act(self, context: bpy.types.Context) -> str:
         image = actions.show_alignment(_settings(context).preview_resolution)
         return f"see image {image.name!r} in the Image Editor"
@@ -105,6 +158,10 @@ class FSYNTH_OT_check_mblab(_Action, bpy.types.Operator):
 
     bl_idname = "fsynth.check_mblab"
     bl_label = "Check MB-Lab"
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return _has_settings(cls, context)
 
     def act(self, context: bpy.types.Context) -> str:
         from blender_addon.bl import mblab
@@ -135,6 +192,10 @@ class FSYNTH_OT_populate(_Action, bpy.types.Operator):
     bl_label = "Populate"
     bl_options = {"REGISTER", "UNDO"}  # noqa: RUF012  (Blender reads a plain set)
 
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return _room_loaded(cls, context)
+
     def act(self, context: bpy.types.Context) -> str:
         count = actions.populate(**_population(context))
         return f"placed {count} people"
@@ -146,6 +207,10 @@ class FSYNTH_OT_reroll(_Action, bpy.types.Operator):
     bl_idname = "fsynth.reroll"
     bl_label = "Re-roll"
     bl_options = {"REGISTER", "UNDO"}  # noqa: RUF012  (Blender reads a plain set)
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return _room_loaded(cls, context)
 
     def act(self, context: bpy.types.Context) -> str:
         _settings(context).seed += 1
@@ -160,6 +225,10 @@ class FSYNTH_OT_clear_people(_Action, bpy.types.Operator):
     bl_label = "Clear People"
     bl_options = {"REGISTER", "UNDO"}  # noqa: RUF012  (Blender reads a plain set)
 
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return _has_settings(cls, context)
+
     def act(self, context: bpy.types.Context) -> str:
         actions.clear_people()
         return "people removed"
@@ -170,6 +239,10 @@ class FSYNTH_OT_render_preview(_Action, bpy.types.Operator):
 
     bl_idname = "fsynth.render_preview"
     bl_label = "Render Preview"
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return _room_loaded(cls, context) and _idle(cls, "render", "a preview render")
 
     def act(self, context: bpy.types.Context) -> str:
         settings = _settings(context)
@@ -183,6 +256,10 @@ class FSYNTH_OT_batch_render(_Action, bpy.types.Operator):
 
     bl_idname = "fsynth.batch_render"
     bl_label = "Batch Render"
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return _room_loaded(cls, context) and _idle(cls, "batch", "a batch render")
 
     def act(self, context: bpy.types.Context) -> str:
         settings = _settings(context)
@@ -213,6 +290,13 @@ class FSYNTH_OT_cancel(_Action, bpy.types.Operator):
 
     channel: bpy.props.StringProperty(name="Task", default="batch")
 
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        if not runtime.TASKS:
+            cls.poll_message_set("nothing is running")
+            return False
+        return True
+
     def act(self, context: bpy.types.Context) -> str:
         if not actions.cancel(self.channel):
             raise actions.ActionError(f"nothing running on {self.channel!r}")
@@ -225,6 +309,10 @@ class FSYNTH_OT_connect(_Action, bpy.types.Operator):
     bl_idname = "fsynth.connect"
     bl_label = "Connect"
 
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return _idle(cls, "daemon", "a connection attempt")
+
     def act(self, context: bpy.types.Context) -> str:
         actions.connect()
         return "connecting ..."
@@ -236,6 +324,10 @@ class FSYNTH_OT_refine_preview(_Action, bpy.types.Operator):
     bl_idname = "fsynth.refine_preview"
     bl_label = "Refine Preview"
 
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return _has_settings(cls, context) and _idle(cls, "refine", "a refine preview")
+
     def act(self, context: bpy.types.Context) -> str:
         actions.start_refine_preview(model=_settings(context).model)
         return "refining ..."
@@ -246,6 +338,10 @@ class FSYNTH_OT_train(_Action, bpy.types.Operator):
 
     bl_idname = "fsynth.train"
     bl_label = "Start Training"
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return _has_settings(cls, context) and _idle(cls, "train", "a training job")
 
     def act(self, context: bpy.types.Context) -> str:
         settings = _settings(context)
@@ -262,6 +358,13 @@ class FSYNTH_OT_train_cancel(_Action, bpy.types.Operator):
 
     bl_idname = "fsynth.train_cancel"
     bl_label = "Cancel Training"
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        if not runtime.busy("train"):
+            cls.poll_message_set("no training job is being followed")
+            return False
+        return True
 
     def act(self, context: bpy.types.Context) -> str:
         if not actions.cancel_training():

@@ -58,6 +58,9 @@ class Recorder:
     def label(self, text: str = "", icon: str = "NONE") -> None:
         self.item.children.append(Item("label", text))
 
+    def progress(self, factor: float = 0.0, type: str = "BAR", text: str = "") -> None:
+        self.item.children.append(Item("label", f"[{factor * 100:.0f} %] {text}"))
+
     def operator(self, idname: str, text: str | None = None, icon: str = "NONE") -> Any:
         if text is None:
             import bpy

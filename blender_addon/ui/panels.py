@@ -1,12 +1,29 @@
-"""The sidebar panel (View3D > Sidebar > Fisheye): scene, people, render, daemon, live, training."""
+"""The sidebar panel (View3D > Sidebar > Fisheye): scene, people, render, daemon, live, training.
+
+Settings come from ``scene.fisheye_synth``; what runs (status, progress, the live switch) from
+``window_manager.fisheye_synth_runtime``. A running render shows ``layout.progress`` (Blender
+4.0+) with a Cancel button beside it."""
 
 from __future__ import annotations
 
 import bpy
 
 from blender_addon.ui import runtime
+from blender_addon.ui.properties import runtime_state
 
 CATEGORY = "Fisheye"
+
+
+def _progress(layout: bpy.types.UILayout, context: bpy.types.Context, channel: str, what: str) -> bool:
+    """A progress bar with Cancel while ``channel`` runs; False (nothing drawn) when it does not."""
+    state = runtime_state(context)
+    if state is None or not getattr(state, f"{channel}_running", False):
+        return False
+    factor = float(getattr(state, f"{channel}_progress", 0.0))
+    row = layout.row(align=True)
+    row.progress(factor=factor, type="BAR", text=f"{what} {factor * 100:.0f} %")
+    row.operator("fsynth.cancel", text="", icon="CANCEL").channel = channel
+    return True
 
 
 def _status(layout: bpy.types.UILayout, channel: str) -> None:
@@ -89,7 +106,8 @@ class FSYNTH_PT_render(_Sub, bpy.types.Panel):
         row = layout.row(align=True)
         row.prop(settings, "preview_resolution", text="Size")
         row.prop(settings, "preview_samples", text="Samples")
-        layout.operator("fsynth.render_preview", icon="RENDER_STILL")
+        if not _progress(layout, context, "render", "Rendering preview"):
+            layout.operator("fsynth.render_preview", icon="RENDER_STILL")
         _status(layout, "render")
         box = layout.box()
         box.label(text="Batch (render CLI, background process)")
@@ -98,9 +116,7 @@ class FSYNTH_PT_render(_Sub, bpy.types.Panel):
         row.prop(settings, "batch_count")
         row.prop(settings, "batch_workers")
         box.prop(settings, "batch_preset")
-        if runtime.busy("batch"):
-            box.operator("fsynth.cancel", text="Cancel Batch", icon="CANCEL").channel = "batch"
-        else:
+        if not _progress(box, context, "batch", "Batch"):
             box.operator("fsynth.batch_render", icon="RENDER_ANIMATION")
         _status(box, "batch")
 
@@ -118,8 +134,10 @@ class FSYNTH_PT_daemon(_Sub, bpy.types.Panel):
         layout.operator("fsynth.refine_preview", icon="SHADERFX")
         _status(layout, "refine")
         box = layout.box()
-        box.prop(settings, "live_enabled", icon="REC")
-        box.prop(settings, "display_mode", expand=True)
+        state = runtime_state(context)
+        if state is not None:
+            box.prop(state, "live_enabled", icon="REC")
+            box.prop(state, "display_mode", expand=True)
         box.prop(settings, "live_delay_s")
         _status(box, "live")
 
@@ -136,7 +154,7 @@ class FSYNTH_PT_training(_Sub, bpy.types.Panel):
         layout.prop(settings, "train_config")
         row = layout.row(align=True)
         row.operator("fsynth.train", icon="PLAY")
-        row.operator("fsynth.train_cancel", text="Cancel", icon="CANCEL")
+        row.operator("fsynth.train_cancel", text="Cancel", icon="CANCEL")  # greyed out (poll) unless a job runs
         _status(layout, "train")
         job = runtime.INFO.get("job")
         if job:

@@ -4,6 +4,9 @@ A task is an object with ``step() -> bool`` (True when finished; it must return 
 milliseconds) and ``cancel()``. ``tick`` steps every task, turns exceptions into a status line,
 and unregisters itself (returns None) when no task is left, so an idle add-on costs nothing.
 Status lines (``STATUS``) are what the panel shows; ``tag_redraw`` refreshes the sidebar.
+Each status line, whether a channel's task runs and its progress are mirrored onto the window
+manager (``window_manager.fisheye_synth_runtime``, ``properties.FSYNTH_PG_runtime``): runtime
+state that is never saved in the .blend nor undone, which the panel and operators' ``poll`` read.
 
 The daemon client lives here too, one per preference set, created lazily; a ZeroMQ connect
 never blocks, and every request is answered or times out through ``poll_reply(0)``.
@@ -34,9 +37,44 @@ TASKS: dict[str, Task] = {}
 _CLIENT: dict[str, Any] = {"key": None, "client": None}
 
 
+def _state() -> Any:
+    from blender_addon.ui.properties import runtime_state
+
+    return runtime_state()
+
+
+def _mirror(channel: str, suffix: str, value: Any) -> None:
+    state = _state()
+    name = f"{channel}_{suffix}"
+    if state is not None and hasattr(state, name) and getattr(state, name) != value:
+        setattr(state, name, value)
+
+
 def set_status(channel: str, text: str) -> None:
     STATUS[channel] = text
+    _mirror(channel, "status", text)
     tag_redraw()
+
+
+def clear_status(channel: str) -> None:
+    STATUS.pop(channel, None)
+    _mirror(channel, "status", "")
+
+
+def set_progress(channel: str, factor: float) -> None:
+    """A task's progress (0..1) for the panel's progress bar."""
+    _mirror(channel, "progress", float(min(1.0, max(0.0, factor))))
+
+
+def set_job_state(state: str) -> None:
+    """The followed training job's state as the daemon reports it (running, cancelled, ...)."""
+    _mirror("train", "state", state)
+
+
+def _set_running(channel: str, running: bool) -> None:
+    _mirror(channel, "running", running)
+    if not running:
+        _mirror(channel, "progress", 0.0)
 
 
 def tag_redraw() -> None:
@@ -53,6 +91,7 @@ def start_task(name: str, task: Task) -> None:
     if old is not None:
         old.cancel()
     TASKS[name] = task
+    _set_running(name, True)
     if not bpy.app.timers.is_registered(tick):
         bpy.app.timers.register(tick, first_interval=TICK_S)
 
@@ -62,6 +101,8 @@ def cancel_task(name: str) -> bool:
     if task is None:
         return False
     task.cancel()
+    _set_running(name, False)
+    tag_redraw()
     return True
 
 
@@ -76,11 +117,14 @@ def tick() -> float | None:
             finished = task.step()
         except Exception as exc:  # noqa: BLE001  (a task's failure must never kill the timer for the others)
             TASKS.pop(name, None)
+            _set_running(name, False)
             set_status(name, f"error: {exc}")
             print(f"fisheye_synth: task {name} failed:\n{traceback.format_exc()}")
             continue
         if finished:
             TASKS.pop(name, None)
+            _set_running(name, False)
+            tag_redraw()
     if not TASKS:
         return None
     return TICK_S
