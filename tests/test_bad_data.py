@@ -4,8 +4,8 @@ folder, exits 2, prints no traceback (unless --debug / FISHEYE_DEBUG=1), and lea
 folder as it was. ``--skip-bad`` skips bad images and lists them in the run's JSON.
 
 Commands run in-process through their ``main(argv)`` (each goes through
-``protocol.cli.run_main``). The experiment pipeline (``refiner_daemon/evaluation/pipeline.py``)
-is not covered yet: add it to ``DATASET_COMMANDS`` (hook below) once it runs under ``run_main``.
+``protocol.cli.run_main``), the experiment pipeline (``refiner_daemon/evaluation/pipeline.py``)
+included.
 """
 
 from __future__ import annotations
@@ -81,12 +81,22 @@ def _gap_report(path: Path, out: Path, tmp_path: Path) -> int:
                             "--out", str(out), "--device", "cpu"])
 
 
-# Hook for the lead: add ("pipeline", runner) here once evaluation/pipeline.py uses run_main.
+def _pipeline(path: Path, out: Path, tmp_path: Path) -> int:
+    from refiner_daemon.evaluation import pipeline
+
+    good = bd.good_cepdof(tmp_path / "good_real")
+    config = tmp_path / "experiment.json"
+    config.write_text(json.dumps({"out_dir": str(out), "real": str(good), "synthetic": str(path),
+                                  "experiments": ["S"], "gap": False, "split_gap": 0}))
+    return pipeline.main(["--config", str(config)])
+
+
 DATASET_COMMANDS: dict[str, Callable[[Path, Path, Path], int]] = {
     "crop_dataset": _crops,
     "detector_train": _detector_train,
     "detector_evaluate": _detector_evaluate,
     "gap_report": _gap_report,
+    "pipeline": _pipeline,
 }
 
 

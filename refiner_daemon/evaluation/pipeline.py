@@ -511,18 +511,25 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     """Run every stage the config asks for and write ``tables.md`` and ``results.json`` into
     ``cfg.out_dir``; returns the results."""
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "pipeline_config.json", cfg.to_dict())
     detector_seeds, refiner_seeds = list(cfg.detector_seeds or []), list(cfg.refiner_seeds or [])
 
-    # 1. R, split with gaps.
+    # 1. R, split with gaps. Every input set is read (and its images checked) before anything
+    # is written, so bad data stops the run with the file named and the output folder as it was.
     real = _existing(cfg.real, "real")
     try:
-        frames = split_real_frames(image_names(DatasetSpec(str(real))), cfg.real_split, cfg.split_gap)
+        real_names = image_names(DatasetSpec(str(real)))
+        for name, refined in cfg.refined.items():
+            if refined.path is not None:
+                image_names(DatasetSpec(str(_existing(refined.path, f"refined[{name!r}]"))))
+        if cfg.synthetic is not None:
+            image_names(DatasetSpec(str(_existing(cfg.synthetic, "synthetic"))))
     except DatasetError as exc:
-        raise PipelineError(f"real: {exc}") from exc
+        raise PipelineError(f"{exc}; fix or remove it (the pipeline reads every frame)") from exc
+    frames = split_real_frames(real_names, cfg.real_split, cfg.split_gap)
     r_train, r_val, r_test = (DatasetSpec(str(real), images=frames[k]) for k in ("train", "val", "test"))
     heads = {k: count_heads(s) for k, s in (("train", r_train), ("val", r_val), ("test", r_test))}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "pipeline_config.json", cfg.to_dict())
     atomic_write_json(out / "real_split.json", {**frames, "gap": cfg.split_gap, "heads": heads})
 
     # 2. S, and S_val held out of refiner training.
