@@ -515,3 +515,80 @@ def test_batch_render_runs_the_cli_in_the_background_and_cancels(addon: Any, tmp
     assert bpy.ops.fsynth.cancel(channel="batch") == {"FINISHED"}
     assert process.poll() is not None and process.cancelled
     assert runtime.STATUS["batch"] == "cancelled" and "batch" not in runtime.TASKS
+
+
+def test_rendering_leaves_the_artists_scene_as_it_was(addon: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Render settings, view layer passes, world, compositor, objects and collections are the
+    same after a preview render as before: from the panel (a subprocess), in this session
+    (``render_in_place``), and when the in-session render fails half-way."""
+    from blender_addon.bl import render, scene_state
+    from blender_addon.core.preview_pipeline import load_rendered_frame
+    from blender_addon.ui import actions, preview_worker, runtime
+
+    addon.seed = 3
+    assert bpy.ops.fsynth.populate() == {"FINISHED"}
+    scene = bpy.context.scene
+    # The artist's own setup, which a render must not disturb.
+    scene.view_layers.new("artist_layer").use_pass_z = True
+    scene.view_layers[0].use_pass_mist = True
+    world = bpy.data.worlds.new("artist_world")
+    scene.world = world
+    group = bpy.data.node_groups.new("artist_compositor", "CompositorNodeTree")
+    scene.compositing_node_group = group
+    scene.render.engine = "BLENDER_WORKBENCH"
+    scene.render.resolution_percentage = 50
+    scene.render.film_transparent = False
+    scene.cycles.samples = 77
+    scene.view_settings.view_transform = "AgX"
+    scene.render.image_settings.file_format = "JPEG"
+    scene.frame_current = 17
+
+    def changes(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+        out = []
+        for key in sorted(set(a) | set(b)):
+            x, y = a.get(key), b.get(key)
+            if isinstance(x, dict) and isinstance(y, dict):
+                out += changes(x, y, f"{prefix}{key}.")
+            elif x != y:
+                out.append(f"{prefix}{key}: {x!r} -> {y!r}")
+        return out
+
+    def fingerprint() -> dict[str, Any]:
+        found = scene_state.fingerprint(scene)
+        # The add-on's result images (FS preview annotated, ...) are its output, not a side effect.
+        found["data"]["images"] = [n for n in found["data"]["images"] if not n.startswith("FS ")]
+        return found
+
+    before = fingerprint()
+    try:
+        assert bpy.ops.fsynth.render_preview() == {"FINISHED"}
+        assert runtime.run_until_idle(120.0), runtime.STATUS
+        assert runtime.STATUS["render"].startswith("done"), runtime.STATUS
+        assert fingerprint() == before
+
+        out = actions.preview_dir() / "render"
+        overrides = json.loads((out / "people.json").read_text())
+        from_subprocess = load_rendered_frame(out, 0)
+        record = preview_worker.render_preview(out, overrides, threads=2, in_place=True)
+        assert record["annotations"], "the in-session render shows the people"
+        in_session = load_rendered_frame(out, 0)
+        # The same frame as the subprocess's: the artist's own objects were not rendered with it.
+        assert np.array_equal(in_session.instance_ids, from_subprocess.instance_ids)
+        assert np.abs(in_session.image.astype(int) - from_subprocess.image.astype(int)).mean() < 2.0
+        after = fingerprint()
+        assert after == before, changes(before, after)
+
+        def fail(*_args: Any, **_kwargs: Any) -> Any:
+            raise RuntimeError("render failed half-way")
+
+        monkeypatch.setattr(render.FrameRenderer, "_write", fail)
+        with pytest.raises(RuntimeError, match="half-way"):
+            preview_worker.render_preview(out, overrides, threads=2, in_place=True)
+        after = fingerprint()
+        assert after == before, changes(before, after)
+    finally:
+        scene.view_layers.remove(scene.view_layers["artist_layer"])
+        scene.compositing_node_group = None
+        bpy.data.node_groups.remove(group)
+        bpy.data.worlds.remove(world)
+        scene.render.engine = "CYCLES"

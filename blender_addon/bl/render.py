@@ -76,7 +76,9 @@ class FrameRenderer:
     """Renders frames of one run; one instance per worker process."""
 
     def __init__(self, config: BatchConfig, out: Path, scene: SceneSpec | None = None,
-                 threads: int = 0, cycles_seed_offset: int = 0) -> None:
+                 threads: int = 0, cycles_seed_offset: int = 0, reset: bool = True) -> None:
+        # reset=False builds into the current scene instead of a factory-empty Blender: only
+        # inside scene_state.preserved(hide_existing=True) (render_in_place), which undoes it.
         # cycles_seed_offset decorrelates a benchmark's reference from the renders it scores.
         self.cycles_seed_offset = cycles_seed_offset
         self.config = config
@@ -94,7 +96,8 @@ class FrameRenderer:
             from blender_addon.core.garments import AssetLibrary
 
             self.asset_library = AssetLibrary(config.assets)
-        scene_build.reset_blender()
+        if reset:
+            scene_build.reset_blender()
         render = config.render
         self.device = scene_build.configure_cycles(scene_build.CyclesOptions(
             samples=render.samples, adaptive_threshold=render.adaptive_threshold,
@@ -196,7 +199,7 @@ class FrameRenderer:
                                            person.collection, collections)
             passes = scene_build.render_layers()
         finally:
-            scene_build.remove_extra_view_layers()
+            scene_build.remove_view_layers(f"{MASK_LAYER_PREFIX}{p.recipe.pass_index}" for p in people)
             self._remove_people(people)
         record = self._write(index, recipe, people, passes)
         print(f"frame {index}: {len(people)} people, {time.monotonic() - started:.1f} s", flush=True)
@@ -269,3 +272,15 @@ def render_frames(out: Path, frames: list[int], threads: int = 0) -> None:
         if batch.frame_done(out, index):
             continue
         renderer.render_frame(index)
+
+
+def render_in_place(config: BatchConfig, out: Path, index: int = 0, threads: int = 0) -> dict[str, Any]:
+    """Render frame ``index`` of the run in ``out`` inside this Blender session, leaving the
+    artist's scene exactly as it was (``scene_state.preserved``): their objects are hidden from
+    the render while it runs, and everything the render set or added is undone, also on error.
+    The add-on's own renders run in a subprocess; this is for scripts inside an artist's file."""
+    from blender_addon.bl import scene_state
+
+    with scene_state.preserved(hide_existing=True):
+        renderer = FrameRenderer(config, out, threads=threads, reset=False)
+        return renderer.render_frame(index)

@@ -325,6 +325,15 @@ def add_mask_layer(name: str, include: bpy.types.Collection, all_people: Sequenc
             child.exclude = not keep
 
 
+def remove_view_layers(names: Iterable[str]) -> None:
+    """Remove the named view layers (those a frame added), leaving every other one."""
+    scene = bpy.context.scene
+    for name in names:
+        layer = scene.view_layers.get(name)
+        if layer is not None and len(scene.view_layers) > 1:
+            scene.view_layers.remove(layer)
+
+
 def remove_extra_view_layers() -> None:
     scene = bpy.context.scene
     for layer in list(scene.view_layers):

@@ -38,11 +38,14 @@ def edited_recipe(recipe: FrameRecipe, overrides: dict[str, dict[str, Any]] | No
     return replace(recipe, people=people)
 
 
-def render_preview(out: Path, overrides: dict[str, dict[str, Any]] | None, threads: int = 0) -> dict[str, Any]:
+def render_preview(out: Path, overrides: dict[str, dict[str, Any]] | None, threads: int = 0,
+                   in_place: bool = False) -> dict[str, Any]:
+    """Render the preview frame. In its own process (the default) Blender is reset first;
+    ``in_place=True`` renders inside the calling session and leaves its scene exactly as it was
+    (``bl.render.render_in_place``)."""
     from blender_addon.bl import render
 
     config = batch.load_run_config(out)
-    renderer = render.FrameRenderer(config, out, threads=threads)
     sample = batch.sample_frame_recipe
 
     def sample_edited(*args: Any, **kwargs: Any) -> FrameRecipe:
@@ -52,7 +55,9 @@ def render_preview(out: Path, overrides: dict[str, dict[str, Any]] | None, threa
     # so the recipe function is swapped for its duration (a recipe argument would be cleaner).
     batch.sample_frame_recipe = sample_edited
     try:
-        return renderer.render_frame(0)
+        if in_place:
+            return render.render_in_place(config, out, 0, threads=threads)
+        return render.FrameRenderer(config, out, threads=threads).render_frame(0)
     finally:
         batch.sample_frame_recipe = sample
 
