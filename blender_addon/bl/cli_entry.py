@@ -1,12 +1,14 @@
 """Entry point of the render CLI, for both ways of running Blender headless.
 
     python -m blender_addon.bl.cli_entry --help                       # the pip ``bpy`` module
-    blender -b --factory-startup -P blender_addon/bl/cli_entry.py -- --help   # a Blender binary
+    blender -b --factory-startup --python-use-system-env --python-exit-code 1 \
+        -P blender_addon/bl/cli_entry.py -- --help                    # a Blender 5.0+ binary
 
 Run from a Blender binary, Blender's own Python needs this project's dependencies (numpy
 ships with Blender; Pillow, OpenEXR, tqdm and msgpack must be importable, e.g. by putting
-a Python 3.11 ``site-packages`` that has them on ``PYTHONPATH``). Worker processes are
-started the same way the parent was started.
+a Python 3.11 ``site-packages`` that has them on ``PYTHONPATH``, which Blender reads only with
+``--python-use-system-env``). Worker processes are started the same way the parent was started
+(``core.render_cli.blender_script_command``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ if __package__ in (None, ""):
 
 import bpy
 
-from blender_addon.core.render_cli import Backend, run
+from blender_addon.core.render_cli import Backend, blender_script_command, run
 from protocol.cli import run_main
 
 ENTRY_FILE = Path(__file__).resolve()
@@ -39,8 +41,7 @@ def worker_command(out: Path, frames: list[int], threads: int) -> list[str]:
     tail = ["--out", str(out), "--worker-frames", ",".join(map(str, frames)),
             "--threads", str(threads)]
     if bpy.app.binary_path:
-        return [bpy.app.binary_path, "-b", "--factory-startup", "-noaudio", "-P", str(ENTRY_FILE),
-                "--", *tail]
+        return [*blender_script_command(bpy.app.binary_path, ENTRY_FILE), *tail]
     return [sys.executable, "-m", "blender_addon.bl.cli_entry", *tail]
 
 

@@ -485,8 +485,9 @@ class Debouncer:
 def render_cli_prefix(blender_binary: str | None) -> list[str]:
     """How to start the render CLI: a Blender binary runs the entry script, pip bpy the module."""
     if blender_binary:
-        entry = Path(__file__).resolve().parents[1] / "bl" / "cli_entry.py"
-        return [blender_binary, "-b", "--factory-startup", "-noaudio", "-P", str(entry), "--"]
+        from blender_addon.core.render_cli import blender_script_command
+
+        return blender_script_command(blender_binary, Path(__file__).resolve().parents[1] / "bl" / "cli_entry.py")
     return [sys.executable, "-m", "blender_addon.bl.cli_entry"]
 
 

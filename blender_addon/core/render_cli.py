@@ -23,13 +23,28 @@ from blender_addon.core.scene_format import SceneFormatError, load_scene
 from protocol import processes
 from protocol.datacheck import check_image
 
+# How every script of this project runs under a Blender binary (the render CLI, its workers,
+# the add-on's preview renders): background, factory settings (no user startup file or add-ons),
+# Python that honours PYTHONPATH (Blender ignores it without --python-use-system-env; the
+# project's dependencies come from there), and exit code 1 when the script raises (without
+# --python-exit-code Blender exits 0 after a Python error, and a failed render looks finished).
+BLENDER_BATCH_FLAGS: tuple[str, ...] = ("-b", "--factory-startup", "--python-use-system-env",
+                                        "--python-exit-code", "1", "-noaudio")
+
+
+def blender_script_command(binary: str, script: Path | str) -> list[str]:
+    """``blender -b ... -P script --``: append the script's own arguments after it."""
+    return [binary, *BLENDER_BATCH_FLAGS, "-P", str(script), "--"]
+
+
 EPILOG = """\
 examples:
   # 8 quick frames of the sample office (the demo's setting)
   python -m blender_addon.bl.cli_entry --scene scenes/sample_office --count 8 \\
       --preset fast --out out/render_demo
-  # the same from the Blender binary
-  blender -b --factory-startup -P blender_addon/bl/cli_entry.py -- \\
+  # the same from a Blender 5.0+ binary (dependencies on PYTHONPATH; see docs/rendering.md)
+  blender -b --factory-startup --python-use-system-env --python-exit-code 1 \\
+      -P blender_addon/bl/cli_entry.py -- \\
       --scene scenes/sample_office --count 8 --preset fast --out out/render_demo
   # 1000 frames at default quality, 2 local worker processes, resumable
   python -m blender_addon.bl.cli_entry --scene scenes/sample_office --count 1000 \\

@@ -234,8 +234,9 @@ def start_preview_render(*, resolution: int = 384, samples: int = 8, channel: st
     overrides.write_text(json.dumps(scene_objects.people_overrides()), encoding="utf-8")
     binary = _blender_binary()
     if binary:
-        worker = Path(__file__).with_name("preview_worker.py")
-        command = [binary, "-b", "--factory-startup", "-noaudio", "-P", str(worker), "--"]
+        from blender_addon.core.render_cli import blender_script_command
+
+        command = blender_script_command(binary, Path(__file__).with_name("preview_worker.py"))
     else:
         import sys
 

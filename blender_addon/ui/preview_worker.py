@@ -1,7 +1,8 @@
 """Render one preview frame of the artist's edited layout (a subprocess, like the render CLI).
 
     python -m blender_addon.ui.preview_worker --out RUN --overrides people.json
-    blender -b --factory-startup -P blender_addon/ui/preview_worker.py -- --out RUN ...
+    blender -b --factory-startup --python-use-system-env --python-exit-code 1 \
+        -P blender_addon/ui/preview_worker.py -- --out RUN ...
 
 ``RUN`` is a run folder prepared with ``core.batch.prepare_run_folder`` (count 1); frame 0's
 recipe is the one the panel populated the viewport with, and ``people.json`` says where each
