@@ -70,7 +70,9 @@ def addon(user_dir: Path, scene_copy: Path) -> Iterator[Any]:
     blender_addon.unregister()
 
 
-def _use_daemon(endpoint: str, timeout_ms: int = 3000, retries: int = 1) -> None:
+def _use_daemon(endpoint: str, timeout_ms: int = 15000, retries: int = 1) -> None:
+    # A live daemon answers in well under a second; the generous default only keeps a loaded
+    # machine (a busy CI runner) from failing the test on a late reply.
     from blender_addon.ui import preferences
 
     preferences.use_settings(preferences.DaemonSettings(endpoint=endpoint, timeout_ms=timeout_ms, retries=retries))
