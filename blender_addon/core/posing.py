@@ -151,7 +151,8 @@ def standing_frame_verdicts(bvh: Bvh, lift_tolerance_m: float = FOOT_LIFT_TOLERA
 
     Rejected: both feet off the floor (jumps, runs in flight), the hips below knee height
     (crouching, kneeling, sitting on the ground), the head below the hips (handstands,
-    falls), the head under 60% of the rest pose's height (lying, deep crouches). The floor is the 1st percentile of the lowest foot point over the
+    falls), a foot above knee height (kicks, high steps), the head under 60% of the rest
+    pose's height (lying, deep crouches). The floor is the 1st percentile of the lowest foot point over the
     clip; a one-frame file (a static pose) rests on its lowest joint instead.
     """
     joints = all_frame_positions(bvh)
@@ -168,6 +169,8 @@ def standing_frame_verdicts(bvh: Bvh, lift_tolerance_m: float = FOOT_LIFT_TOLERA
         "both_feet_off_floor": (foot_low > floor + lift_tolerance_m).all(axis=1),
         "hips_below_knees": hips < knees,
         "head_below_hips": joints["Head"][:, 2] < hips,
+        # Kicks and high steps: a foot's lowest joint above knee height.
+        "foot_above_knees": foot_low.max(axis=1) > knees,
         # Lying or deep crouch: the head lower than 60% of the skeleton's rest (standing) height.
         "not_upright": joints["Head"][:, 2] - floor < UPRIGHT_FRACTION * rest_head_height(bvh),
     }
