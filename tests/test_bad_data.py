@@ -267,6 +267,26 @@ def test_refiner_skip_bad_trains_on_the_good_crops(tmp_path: Path) -> None:
     assert len(files) == 3 and all(f.resolve().name != "crop_1.png" for f in files)
 
 
+def test_gap_report_skip_bad_reports_on_the_good_images(tmp_path: Path, capsys) -> None:
+    from refiner_daemon.evaluation import gap_report
+
+    path, named = bd.DATASET_CASES["truncated_jpeg"](tmp_path / "data")
+    good = bd.good_cepdof(tmp_path / "good_ref")
+    out = tmp_path / "report"
+    code = gap_report.main(["--dataset", f"real={good}", "--dataset", f"bad={path}", "--out", str(out),
+                            "--device", "cpu", "--skip-bad", "--no-person-crops"])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((out / "gap_report.json").read_text())
+    assert [b["path"] for b in result["skipped_bad_files"]] == [named]
+    assert result["skipped_bad_files"][0]["dataset"] == "bad"
+    assert result["person_crop_distances"] is None  # --no-person-crops is honoured
+    assert "skipped 1 bad file(s)" in capsys.readouterr().out
+    # The report ran on a checked view of the set: its three good frames, not the truncated one.
+    view = out / "checked_inputs" / "bad"
+    listed = json.loads((view / "annotations.json").read_text())["images"]
+    assert len(listed) == 3 and all(Path(named).name != im["file_name"] for im in listed)
+
+
 # --------------------------------------------------------------------------- the helpers
 
 def test_check_image_finds_each_defect(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -87,6 +88,7 @@ class GapReportConfig:
     examples_per_set: int = 3
     device: str = "auto"
     labels: dict[str, str] = field(default_factory=dict)
+    skipped_bad_files: list[dict[str, str]] = field(default_factory=list)  # with --skip-bad
 
     def __post_init__(self) -> None:
         if len(self.datasets) < 2:
@@ -423,6 +425,7 @@ def build_gap_report(cfg: GapReportConfig) -> dict[str, Any]:
         "feature_discrepancy": {n: {"mean": v["mean"]} for n, v in discrepancy_results.items()},
         "feature_discrepancy_per_image": {n: v["per_image"] for n, v in discrepancy_results.items()},
         "figures": figures,
+        "skipped_bad_files": cfg.skipped_bad_files,
     }
     atomic_write_json(out / "gap_report.json", result)
     atomic_write_text(out / "index.html", render_html(result, cfg))
@@ -529,16 +532,53 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(_main, argv, prog="gap_report")
 
 
-def _check_inputs(datasets: dict[str, str]) -> None:
+def _check_inputs(datasets: dict[str, str], out: Path, skip_bad: bool = False
+                  ) -> tuple[dict[str, str], list[dict[str, str]]]:
     """Every input image checked before the (slow) analyses: a missing folder, an empty one,
-    or a missing, empty, truncated or non-image file raises naming it (protocol.datacheck)."""
+    or a missing, empty, truncated or non-image file raises naming it (protocol.datacheck), and
+    nothing is written. With ``skip_bad`` a set with bad files is replaced by a checked view
+    of it in ``out/checked_inputs/<name>/`` (links to the good images and, for a dataset
+    folder, its annotation file narrowed to them); returns the sets to use and the skipped
+    files."""
+    from protocol.annotations import RENDERED_COCO_FILE, load_annotations
     from protocol.datacheck import check_images
 
+    views: dict[str, str] = {}
+    skipped: list[dict[str, str]] = []
     for name, folder in datasets.items():
-        if not Path(folder).is_dir():
+        root = Path(folder)
+        if not root.is_dir():
             raise GapReportError(f"dataset {name!r}: folder {folder} does not exist; pass "
                                  "NAME=FOLDER with an image or dataset folder")
-        check_images(list_images(folder), what=f"images of dataset {name!r}")
+        annotated = (root / "coco.json").exists() or (root / "annotations.json").exists()
+        files = ([image.path for image in load_annotations(root)[1]] if annotated
+                 else list_image_files(root, recursive=True))
+        good, bad = check_images(files, skip_bad=skip_bad, what=f"images of dataset {name!r}")
+        views[name] = folder
+        if not bad:
+            continue
+        skipped += [{"dataset": name, "path": b.path, "reason": b.reason} for b in bad]
+        view = out / "checked_inputs" / _slug(name)
+        view.mkdir(parents=True, exist_ok=True)
+        for path in good:
+            link = view / path.resolve().relative_to(root.resolve())
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():
+                link.symlink_to(path.resolve())
+        if annotated:
+            name_file = RENDERED_COCO_FILE if (root / RENDERED_COCO_FILE).exists() else "annotations.json"
+            data = json.loads((root / name_file).read_text(encoding="utf-8"))
+            kept = {str(p.resolve().relative_to(root.resolve())) for p in good}
+            images = [im for im in data["images"] if str(im["file_name"]) in kept]
+            ids = {im["id"] for im in images}
+            atomic_write_json(view / name_file, {**data, "images": images, "annotations": [
+                a for a in data["annotations"] if a.get("image_id") in ids]})
+        views[name] = str(view)
+    return views, skipped
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "set"
 
 
 def _main(argv: list[str]) -> int:
@@ -567,6 +607,9 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--no-person-crops", action="store_true",
                         help="skip FD/KID on person crops (on by default for annotated dataset folders)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="skip unreadable, truncated or empty images instead of stopping; they are "
+                             "counted, printed and listed in gap_report.json (skipped_bad_files)")
     args = parser.parse_args(argv)
     datasets: dict[str, str] = {}
     for item in args.dataset:
@@ -574,10 +617,14 @@ def _main(argv: list[str]) -> int:
         if not sep or not name or not folder:
             parser.error(f"--dataset expects NAME=FOLDER, got {item!r}")
         datasets[name] = folder
+    datasets, skipped = _check_inputs(datasets, Path(args.out), args.skip_bad)
     config = GapReportConfig(datasets=datasets, out_dir=args.out, reference=args.reference,
                              image_size=args.image_size, max_images=args.max_images, seed=args.seed,
-                             inception_weights=args.inception_weights, device=args.device)
-    _check_inputs(datasets)
+                             inception_weights=args.inception_weights, device=args.device,
+                             person_crops=not args.no_person_crops, skipped_bad_files=skipped)
+    if skipped:
+        print(f"skipped {len(skipped)} bad file(s) (--skip-bad), first: {skipped[0]['reason']}, "
+              f"{skipped[0]['path']}")
     result = build_gap_report(config)
     people = result["person_crop_distances"] or {}
     for name, values in result["distances_to_reference"].items():
