@@ -63,8 +63,10 @@ def _shift(batch: torch.Tensor, gen: torch.Generator, max_shift: int) -> torch.T
 
 
 def train_classifier(images: np.ndarray, labels: np.ndarray, seed: int,
-                     cfg: ClassifierConfig = ClassifierConfig()) -> DigitNet:
-    """Train a :class:`DigitNet` on uint8 (N, 28, 28) images for ``cfg.steps`` steps."""
+                     cfg: ClassifierConfig = ClassifierConfig(),
+                     sample_weights: np.ndarray | None = None) -> DigitNet:
+    """Train a :class:`DigitNet` on uint8 (N, 28, 28) images for ``cfg.steps`` steps; batches
+    are drawn uniformly, or in proportion to ``sample_weights`` when given."""
     if len(images) == 0:
         raise ValueError("empty training set")
     torch.manual_seed(seed)
@@ -74,8 +76,11 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, seed: int,
     gen = torch.Generator().manual_seed(seed * 7919 + 17)
     net.train()
     batch = min(cfg.batch_size, len(images))
+    weights = (None if sample_weights is None
+               else torch.as_tensor(np.asarray(sample_weights, np.float64), dtype=torch.float64))
     for _ in range(cfg.steps):
-        idx = torch.randint(0, len(images), (batch,), generator=gen)
+        idx = (torch.randint(0, len(images), (batch,), generator=gen) if weights is None
+               else torch.multinomial(weights, batch, replacement=True, generator=gen))
         x = _shift(x_all[idx], gen, cfg.max_shift)
         loss = nn.functional.cross_entropy(net(x), y_all[idx])
         opt.zero_grad(set_to_none=True)
