@@ -200,6 +200,10 @@ def test_refiner_stages_make_a_refined_set_and_gate_it(tmp_path: Path) -> None:
     assert changed_anywhere
     (refiner,) = results["refiners"]["C_CP"]
     assert refiner["harmful"] and refiner["gate"]["passes"] is False and refiner["gate"]["reasons"]
+    # The checkpoint the arm used: the best evaluation on R_val, or the last step without one.
+    chosen = refiner["checkpoint"]
+    assert chosen["file"] == ("model_best.pt" if chosen["best_on_r_val"] else "refiner.pt")
+    assert "## Refiners" in (tmp_path / "exp" / "tables.md").read_text()
     (arm,) = results["arms"]
     assert arm["name"] == "C_CP" and arm["harmful_refiner"] and arm["refiner_seeds"] == [0]
     assert "(harmful refiner)" in (tmp_path / "exp" / "tables.md").read_text()

@@ -313,8 +313,10 @@ class RefinerRun:
 def stage_train_refiner(preset: str, crops: dict[str, Path], out: Path, name: str,
                         settings: dict[str, Any], seed: int) -> Path:
     """Stage 4: train one refiner preset on unpaired crops (S_train, R_train), choosing its
-    checkpoint on S_val / R_val; returns its exported model file. Resumes an unfinished run."""
-    from refiner_daemon.refiner.training import RefinerConfig, train_refiner
+    checkpoint on S_val / R_val: returns ``model_best.pt`` (the evaluation with the lowest
+    person-crop FD to R_val whose heads were intact), or the last step's ``refiner.pt`` when no
+    evaluation qualified (the gate then says why). Resumes an unfinished run."""
+    from refiner_daemon.refiner.training import RefinerConfig, train_refiner, validation_summary
 
     key = cache.stage_key("refiner", preset=preset, settings=settings, seed=seed,
                           crops={k: cache.folder_fingerprint(v) for k, v in crops.items()})
@@ -326,8 +328,10 @@ def stage_train_refiner(preset: str, crops: dict[str, Path], out: Path, name: st
         "synthetic_dir": str(crops["S_train"]), "real_dir": str(crops["R_train"]),
         "val_synthetic_dir": str(crops["S_val"]), "val_real_dir": str(crops["R_val"]),
         "resume": (folder / "checkpoints" / "latest.pt").exists()})
-    model = Path(train_refiner(config))
-    cache.mark_done(folder, model=str(model))
+    last = Path(train_refiner(config))
+    best = (validation_summary(folder) or {}).get("best")
+    model = folder / "model_best.pt" if best and (folder / "model_best.pt").exists() else last
+    cache.mark_done(folder, model=str(model), last=str(last), best=best)
     return model
 
 
@@ -721,8 +725,9 @@ def report(cfg: PipelineConfig, frames: dict[str, list[str]], heads: dict[str, i
         "real_split": {**frames, "gap": cfg.split_gap, "heads": heads},
         "synthetic": str(synthetic) if synthetic else None,
         "anchors": anchors,
-        "refiners": {name: [{"seed": r.seed, "model": r.model, "refined": r.refined,
-                             "harmful": r.harmful, "gate": r.assessment} for r in runs]
+        "refiners": {name: [{"seed": r.seed, "model": r.model, "checkpoint": _chosen_checkpoint(r.model),
+                             "refined": r.refined, "harmful": r.harmful, "gate": r.assessment}
+                            for r in runs]
                      for name, runs in refiner_runs.items()},
         "refined": {name: runs[0].refined for name, runs in refiner_runs.items()},
         "mix_refined": mix_name,
@@ -737,6 +742,16 @@ def report(cfg: PipelineConfig, frames: dict[str, list[str]], heads: dict[str, i
                        "every run's F1 recomputed from the resampled frames' summed counts; paired: "
                        "runs matched by seed, the same resamples for both arms"),
     }
+
+
+def _chosen_checkpoint(model: str) -> dict[str, Any] | None:
+    """Which training step a refiner's model is, from its run's stage marker: the validation's
+    best evaluation, or the last step when none qualified."""
+    marker = Path(model).parent / cache.STAGE_MARKER if model else None
+    if marker is None or not marker.exists():
+        return None
+    record = json.loads(marker.read_text(encoding="utf-8"))
+    return {"file": Path(model).name, "best_on_r_val": record.get("best")}
 
 
 def stage_gap(cfg: PipelineConfig, synthetic: Path, refiner_runs: dict[str, list[RefinerRun]],
@@ -807,6 +822,23 @@ def render_tables(results: dict[str, Any]) -> str:
             mark = " (harmful refiner)" if p.get("harmful_refiner") else ""
             lines.append(f"| {p['a']}{mark} | {p['b']} | {p['pairs']} | {p['f1_diff_mean']:+.3f} "
                          f"| {_interval(p['f1_diff_ci95'])} | {p['share_of_pairs_a_better']:.2f} |")
+        lines.append("")
+    if results.get("refiners"):
+        lines += ["## Refiners: the checkpoint each arm used and its gate", "",
+                  ("| refiner | seed | checkpoint | FD S_val to R_val | FD S+_val to R_val "
+                   "| difference 95% interval | head SSIM | gate |"),
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for name, runs in results["refiners"].items():
+            for run in runs:
+                chosen, gate = run.get("checkpoint") or {}, run.get("gate") or {}
+                best = chosen.get("best_on_r_val")
+                step = f"step {best['step']} (best on R_val)" if best else chosen.get("file", "given")
+                verdict = ("passes" if gate.get("passes") else "fails: " + "; ".join(gate.get("reasons", []))
+                           ) if gate else "not run"
+                interval = _interval(gate["fd_diff_ci95"]) if gate.get("fd_diff_ci95") else ""
+                lines.append(f"| {name} | {run['seed']} | {step} | {gate.get('fd_raw', float('nan')):.1f} "
+                             f"| {gate.get('fd_refined', float('nan')):.1f} | {interval} "
+                             f"| {gate.get('head_ssim', float('nan')):.2f} | {verdict} |")
         lines.append("")
     gap = results.get("gap")
     if gap:
