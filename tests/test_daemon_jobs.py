@@ -274,7 +274,8 @@ def test_real_refiner_training_job_is_published_and_served(tmp_path: Path) -> No
         with pytest.raises(ServiceError, match="publish_as only applies"):
             service.start_job("train_detector", {"publish_as": "x"})
         info = service.start_job("train_refiner", config)
-        done = service.jobs.wait(info.job_id, timeout_s=300)  # generous: a loaded CI runner is slow, a healthy one takes seconds
+        # Generous: a healthy machine takes seconds, a loaded CI runner much longer.
+        done = service.jobs.wait(info.job_id, timeout_s=300)
         assert done.state == "succeeded", done.message
         assert done.progress["step"] == done.progress["total_steps"] == 2
         assert "published as" in done.message and service.available_models() == ["toy_v1"]
