@@ -203,6 +203,25 @@ def test_refine_errors_name_the_problem(daemon: DaemonServer, dataset: Path, tmp
     assert not (tmp_path / "a").exists() and not (tmp_path / "d").exists()
 
 
+def test_a_truncated_frame_stops_the_run_before_any_work_naming_it(dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from refiner_daemon.refiner.batch_refine import (
+        BatchRefineError,
+        RefinerIdentity,
+        refine_dataset,
+    )
+
+    broken = tmp_path / "broken"
+    shutil.copytree(dataset, broken)
+    frame = sorted((broken / "images").glob("*.png"))[-1]
+    frame.write_bytes(frame.read_bytes()[: frame.stat().st_size // 2])
+    with pytest.raises(BatchRefineError, match=rf"{frame.name}.*re-render or restore"):
+        refine_dataset(broken, tmp_path / "out", lambda crops: crops,
+                       RefinerIdentity(model="identity", model_sha256="0" * 64), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_refiner_that_returns_the_wrong_shape_is_refused(dataset: Path) -> None:
     from protocol.annotations import load_rendered_coco
 
