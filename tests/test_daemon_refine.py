@@ -214,7 +214,7 @@ def test_a_truncated_frame_stops_the_run_before_any_work_naming_it(dataset: Path
 
     broken = tmp_path / "broken"
     shutil.copytree(dataset, broken)
-    frame = sorted((broken / "images").glob("*.png"))[-1]
+    frame = max((broken / "images").glob("*.png"))
     frame.write_bytes(frame.read_bytes()[: frame.stat().st_size // 2])
     with pytest.raises(BatchRefineError, match=rf"{frame.name}.*re-render or restore"):
         refine_dataset(broken, tmp_path / "out", lambda crops: crops,
