@@ -147,6 +147,18 @@ def test_detector_arms_end_to_end(tmp_path: Path) -> None:
     assert marker.stat().st_mtime_ns == stamp
 
 
+def test_an_existing_refined_set_needs_no_synthetic_set(tmp_path: Path) -> None:
+    real = write_disc_dataset(tmp_path / "real", images=6, size=64, radius=(5, 7), seed=0)
+    refined = write_disc_dataset(tmp_path / "S_plus", images=4, size=64, radius=(5, 7), seed=2)
+    results = run_pipeline(PipelineConfig.from_dict({
+        "out_dir": str(tmp_path / "exp"), "real": str(real), "split_gap": 0,
+        "real_split": {"train": 0.5, "val": 0.25, "test": 0.25},
+        "refined": {"X": {"path": str(refined)}}, "experiments": ["refined"], "gap": False,
+        "detector": {"epochs": 1, "input_size": 64, "batch_size": 4, "num_anchors": 2,
+                     "augment": False, "tensorboard": False}}))
+    assert [arm["name"] for arm in results["arms"]] == ["X"] and results["synthetic"] is None
+
+
 def _refiner_experiment(tmp_path: Path, **overrides) -> dict:
     real = write_disc_dataset(tmp_path / "real", images=7, size=64, radius=(6, 8), seed=0,
                               style=DiscStyle(background=0.5))

@@ -537,7 +537,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     atomic_write_json(out / "real_split.json", {**frames, "gap": cfg.split_gap, "heads": heads})
 
     # 2. S, and S_val held out of refiner training.
-    synthetic = stage_render(cfg, out) if cfg.needs_synthetic or cfg.refined else None
+    synthetic = stage_render(cfg, out) if cfg.needs_synthetic or cfg.synthetic is not None else None
     s_spec = DatasetSpec(str(synthetic)) if synthetic is not None else None
 
     # 3-6. Refiners, their gate, and S+.
