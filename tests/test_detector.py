@@ -235,3 +235,19 @@ def test_dataset_narrowing_and_bad_folders(tmp_path: Path) -> None:
         load_samples(DatasetSpec(str(tmp_path)))
     with pytest.raises(ValueError, match="not in the dataset"):
         load_samples(DatasetSpec(str(data), images=["nope.png"]))
+
+
+def test_min_steps_gives_small_sets_the_same_step_budget(tmp_path: Path) -> None:
+    """Two images at batch 2 are one step per epoch: min_steps=3 trains 3 epochs, so an arm
+    with few real frames gets as many optimizer steps as one with many."""
+    data = write_disc_dataset(tmp_path / "discs", images=2, size=64, seed=5)
+    config = DetectorConfig(train=[str(data)], val=[str(data)], out_dir=str(tmp_path / "run"), input_size=64,
+                            num_anchors=2, epochs=1, min_steps=3, batch_size=2, augment=False,
+                            tensorboard=False)
+    events: list[dict] = []
+    train_detector(config, on_progress=events.append)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert max(e["step"] for e in events if "losses" in e) == 3 == events[-1]["total_steps"]
+    with pytest.raises(ConfigError, match="min_steps"):
+        DetectorConfig(train=[str(data)], val=[str(data)], out_dir=str(tmp_path / "r2"), min_steps=0)

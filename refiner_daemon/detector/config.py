@@ -70,6 +70,10 @@ class DetectorConfig:
     # experiment's training sets); None fits them by k-means on this run's training boxes.
     anchor_shapes: list[list[float]] | None = None
     epochs: int = 30
+    # A budget in optimizer steps instead: epochs become ceil(min_steps / steps per epoch) when
+    # that is more, so a 5-frame set trains as many steps as a 500-frame one (arms compared
+    # fairly) instead of 5 / batch_size steps per epoch.
+    min_steps: int | None = None
     batch_size: int = 8
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
@@ -105,6 +109,8 @@ class DetectorConfig:
         if self.backbone not in BACKBONES:
             raise ConfigError(f"backbone {self.backbone!r} unknown; valid: {sorted(BACKBONES)}")
         _positive_int(self, "input_size", "num_anchors", "epochs", "batch_size", "max_detections")
+        if self.min_steps is not None and (not isinstance(self.min_steps, int) or self.min_steps < 1):
+            raise ConfigError(f"min_steps must be a positive integer or null, got {self.min_steps!r}")
         if self.input_size % 32:
             raise ConfigError(f"input_size must be a multiple of 32, got {self.input_size}")
         for name in ("learning_rate", "head_box_scale"):

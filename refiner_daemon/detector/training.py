@@ -55,6 +55,13 @@ def training_anchor_shapes(samples: list[HeadSample], input_size: int, k: int, s
     return kmeans_anchor_shapes(np.concatenate(shapes) * scale, k, seed=seed)
 
 
+def epochs_for(cfg: DetectorConfig, steps_per_epoch: int) -> int:
+    """Epochs to train: ``cfg.epochs``, or more when ``cfg.min_steps`` asks for more steps."""
+    if cfg.min_steps is None:
+        return cfg.epochs
+    return max(cfg.epochs, math.ceil(cfg.min_steps / max(steps_per_epoch, 1)))
+
+
 def train_detector(cfg: DetectorConfig, *, on_progress: ProgressCallback | None = None,
                    should_stop: Callable[[], bool] | None = None) -> Path:
     """Train one detector as ``cfg`` says and return the path of the best-validation checkpoint
@@ -89,7 +96,8 @@ def train_detector(cfg: DetectorConfig, *, on_progress: ProgressCallback | None 
     model = HeadDetector(cfg.backbone, anchor_shapes, cfg.input_size, cfg.pretrained, cfg.weights).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
+    epochs = epochs_for(cfg, steps_per_epoch)
+    total_steps = steps_per_epoch * epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps)))
 
@@ -106,14 +114,14 @@ def train_detector(cfg: DetectorConfig, *, on_progress: ProgressCallback | None 
     step = start_epoch * steps_per_epoch
     started, steps_this_run = time.monotonic(), 0
     stopped = False
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, epochs):
         train_set.epoch = epoch
         loader = torch.utils.data.DataLoader(
             train_set, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, num_workers=0,
             generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
         model.train()
         epoch_losses: list[dict[str, float]] = []
-        for images, boxes in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+        for images, boxes in tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
                                   disable=on_progress is not None):
             raw, anchors = model.forward_raw(images.to(device))
             loss, parts = squeezedet_loss(raw, anchors, boxes, cfg.confidence_loss)
