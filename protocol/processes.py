@@ -204,6 +204,19 @@ def stop_handlers(name: str | None = None, **kwargs: Any) -> Iterator[None]:
         restore()
 
 
+def run_until_stopped(name: str, work: Callable[[Callable[[], bool]], Any]) -> tuple[Any, int | None]:
+    """Run ``work(should_stop)`` so that a stop signal ends it gracefully: the signal only sets
+    a flag that ``should_stop()`` reports, so a training loop finishes its step and saves a
+    checkpoint (a second signal exits at once). Returns ``(result, signum or None)``."""
+    received: list[int] = []
+    restore = install_stop_handlers(name, on_stop=received.append)
+    try:
+        result = work(lambda: bool(received))
+    finally:
+        restore()
+    return result, (received[0] if received else None)
+
+
 # --------------------------------------------------------------------------- parent death
 
 def _libc() -> Any:
@@ -327,8 +340,23 @@ def descendants(pid: int) -> list[int]:
 
 
 __all__ = [
-    "GRACE_S", "STOP_SIGNALS", "Stopped", "children", "descendants", "die_with_parent",
-    "install_stop_handlers", "pdeathsig_preexec", "pid_alive", "popen", "set_pdeathsig",
-    "signal_name", "stop_children", "stop_handlers", "track", "tracked", "untrack",
+    "GRACE_S",
+    "STOP_SIGNALS",
+    "Stopped",
+    "children",
+    "descendants",
+    "die_with_parent",
+    "install_stop_handlers",
+    "pdeathsig_preexec",
+    "pid_alive",
+    "popen",
+    "run_until_stopped",
+    "set_pdeathsig",
+    "signal_name",
+    "stop_children",
+    "stop_handlers",
+    "track",
+    "tracked",
+    "untrack",
     "watch_parent",
 ]

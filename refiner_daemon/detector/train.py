@@ -127,16 +127,11 @@ def _main(argv: list[str]) -> int:
               file=sys.stderr)
     # A stop signal ends training after the current step with last.pt saved (--resume goes on
     # from it); the command then exits with 128 + the signal number. A second signal: at once.
-    received: list[int] = []
-    restore = processes.install_stop_handlers("detector-train", on_stop=received.append)
-    try:
-        best = train_detector(config, should_stop=lambda: bool(received))
-    finally:
-        restore()
-    if received:
+    best, signum = processes.run_until_stopped("detector-train", lambda should_stop: train_detector(config, should_stop=should_stop))
+    if signum is not None:
         print(f"training stopped; state saved in {config.out_dir}; rerun with --resume to continue",
               file=sys.stderr)
-        return 128 + received[0]
+        return 128 + signum
     print(f"best checkpoint: {best}")
     return 0
 

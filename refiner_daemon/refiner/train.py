@@ -221,16 +221,11 @@ def run_from_args(args: argparse.Namespace) -> int:
 
     # A stop signal ends training after the current step, with a checkpoint (--resume goes on
     # from it); the command then exits with 128 + the signal number. A second signal: at once.
-    received: list[int] = []
-    restore = processes.install_stop_handlers("train-refiner", on_stop=received.append)
-    try:
-        path = train_refiner(cfg, should_stop=lambda: bool(received))
-    finally:
-        restore()
-    if received:
+    path, signum = processes.run_until_stopped("train-refiner", lambda should_stop: train_refiner(cfg, should_stop=should_stop))
+    if signum is not None:
         print(f"training stopped; state saved in {cfg.run_dir}; rerun with --resume to continue",
               file=sys.stderr)
-        return 128 + received[0]
+        return 128 + signum
     print(f"refiner written to {path}")
     return 0
 
