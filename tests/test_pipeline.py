@@ -17,6 +17,7 @@ from refiner_daemon.evaluation.pipeline import (
     render_command,
     render_tables,
     run_pipeline,
+    seed_pairs,
     split_real_frames,
     stage_render,
     summarise,
@@ -220,6 +221,19 @@ def test_refiner_stages_make_a_refined_set_and_gate_it(tmp_path: Path) -> None:
     assert arm["name"] == "C_CP" and arm["harmful_refiner"] and arm["refiner_seeds"] == [0]
     assert "(harmful refiner)" in (tmp_path / "exp" / "tables.md").read_text()
     assert list(results["tables"]["4.4"]) == ["C_CP"]  # no skip connection: Table 4.4
+
+
+def test_seed_design_crosses_or_pairs_refiner_and_detector_seeds() -> None:
+    assert seed_pairs([0, 1], [5, 6], "cross") == [(0, 5), (0, 6), (1, 5), (1, 6)]
+    assert seed_pairs([0, 1], [5, 6], "paired") == [(0, 5), (1, 6)]
+    # Arms without a refined set run every detector seed under either design.
+    assert seed_pairs([None], [5, 6], "paired") == [(None, 5), (None, 6)]
+    base = {"out_dir": "x", "real": "r", "synthetic": "s", "experiments": ["S"]}
+    with pytest.raises(PipelineError, match="needs as many"):
+        PipelineConfig.from_dict({**base, "seed_design": "paired", "refiner_seeds": [0, 1, 2],
+                                  "detector_seeds": [0, 1]})
+    with pytest.raises(PipelineError, match=r"seed_design 'diagonal' unknown; valid: \['cross', 'paired'\]"):
+        PipelineConfig.from_dict({**base, "seed_design": "diagonal"})
 
 
 def test_repeats_are_reported_as_mean_and_sample_std_with_their_seeds() -> None:
