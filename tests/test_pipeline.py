@@ -114,6 +114,8 @@ def test_detector_arms_end_to_end(tmp_path: Path) -> None:
             assert config["anchor_shapes"] == results["anchors"]
     arms = {arm["name"]: arm for arm in results["arms"]}
     assert list(arms) == ["S", "R_train", "X+S", "R_train + S", "R_train + X+S"]
+    # Each run's (refiner seed, detector seed); a refined set given as a folder has one refiner.
+    assert arms["S"]["seed_pairs"] == [[None, 5], [None, 6]] and arms["X+S"]["seed_pairs"] == [[5, 5], [5, 6]]
     for arm in arms.values():
         test = arm["test"]
         assert arm["detector_seeds"] == [5, 6] and test["runs"] == 2

@@ -722,6 +722,7 @@ def report(cfg: PipelineConfig, frames: dict[str, list[str]], heads: dict[str, i
             "train_sets": sorted({s.path for rs in arm.refiner_seeds for s in arm.train_sets(rs)}),
             "refiner_seeds": [s for s in arm.refiner_seeds if s is not None],
             "detector_seeds": list(cfg.detector_seeds or []),
+            "seed_pairs": [[r.refiner_seed, r.seed] for r in runs],  # (refiner, detector) per run
             "harmful_refiner": arm.refined in harmful,
             "test": summarise_arm([r.counts() for r in runs], resamples),
         })
@@ -743,6 +744,7 @@ def report(cfg: PipelineConfig, frames: dict[str, list[str]], heads: dict[str, i
         "question": "Does training on refined synthetic data give a head detector that works better "
                     "on real ceiling-fisheye frames?",
         "detector_seeds": cfg.detector_seeds, "refiner_seeds": cfg.refiner_seeds,
+        "seed_design": cfg.seed_design,
         "seeds": cfg.detector_seeds,
         "real_split": {**frames, "gap": cfg.split_gap, "heads": heads},
         "synthetic": str(synthetic) if synthetic else None,
