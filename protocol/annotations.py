@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from protocol.coco import RLEError, rle_decode
+from protocol.coverage import read_coverage
 
 CEPDOF_FILE = "annotations.json"
 RENDERED_COCO_FILE = "coco.json"
@@ -77,11 +78,23 @@ class PersonAnnotation:
     rendered_head_box: tuple[float, float, float, float] | None = None
     head_in_view: bool | None = None
     head_visible: bool | None = None  # rendered: the head's own pixel shows this person (COCO v = 2)
+    # Rendered: the person's anti-aliased coverage PNG (protocol.coverage); None in sets
+    # rendered before soft masks existed, and in real sets.
+    soft_mask_path: Path | None = None
 
     @property
     def mask(self) -> np.ndarray | None:
         """The full-frame boolean person mask (decoded on each access), or ``None``."""
         return None if self.segmentation is None else rle_decode(self.segmentation)
+
+    def blend_mask(self) -> np.ndarray | None:
+        """What to paste a refined crop back under: the soft coverage (float32 in [0, 1]) when
+        the dataset has it, else the hard mask (bool), else ``None``."""
+        hard = self.mask
+        if self.soft_mask_path is None:
+            return hard
+        shape = None if hard is None else hard.shape
+        return read_coverage(self.soft_mask_path, shape)
 
 
 @dataclass(frozen=True)
@@ -298,6 +311,10 @@ def load_rendered_coco(folder: str | Path) -> list[ImageAnnotations]:
         else:  # an older set without rotated boxes: the exact head is all there is
             rule_xy, rule_box, source = head_xy, head_box, HEAD_ANNOTATED  # type: ignore[assignment]
         in_view = entry.get("head_in_view")
+        soft_mask = entry.get("soft_mask")
+        if soft_mask is not None and not isinstance(soft_mask, str):
+            raise AnnotationError(f"{where}.soft_mask must be a path relative to {folder}, "
+                                  f"got {soft_mask!r}")
         keypoints = entry.get("keypoints")
         head_visible = (bool(keypoints[2] == 2) if isinstance(keypoints, list) and len(keypoints) >= 3
                         else None)
@@ -311,6 +328,7 @@ def load_rendered_coco(folder: str | Path) -> list[ImageAnnotations]:
             rendered_head_box=head_box,  # type: ignore[arg-type]
             head_in_view=None if in_view is None else bool(in_view),
             head_visible=head_visible,
+            soft_mask_path=None if soft_mask is None else folder / soft_mask,
         ))
     return _group(images, persons)
 
