@@ -4,6 +4,7 @@ at 0.5, costs the image and the annotations nothing, and the refiner pastes with
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -185,3 +186,25 @@ def test_a_missing_soft_mask_file_is_named(soft_dir: Path, tmp_path: Path) -> No
     first.unlink()
     with pytest.raises(BatchRefineError, match=f"{first.name} is missing; re-render that frame"):
         _refine(broken, tmp_path / "out")
+
+
+def test_preview_pastes_with_the_soft_mask_and_falls_back_to_the_hard_one(soft_dir: Path) -> None:
+    from blender_addon.core import preview_pipeline as pp
+
+    frame = pp.load_rendered_frame(soft_dir, 0)
+    assert sorted(frame.coverage) == sorted(p.instance_id for p in frame.people)
+    crops = pp.cut_crops(frame)
+    assert len(crops.records) >= 2
+    hard = np.isin(frame.instance_ids, list(crops.instance_ids))
+    covered = np.zeros_like(hard)
+    for instance in crops.instance_ids:
+        covered |= frame.coverage[instance] > 0
+    soft_out = pp.reinsert_refined(frame, crops, 255 - crops.crops)
+    changed = (soft_out != frame.image).any(axis=2)
+    assert not (changed & ~covered).any()
+    assert (changed & ~hard).sum() > 5
+    assert not (changed & ~hard & ~_dilate(hard, EDGE_PX)).any()
+    # A frame written before soft masks: the hard cut.
+    old = dataclasses.replace(frame, coverage={})
+    hard_out = pp.reinsert_refined(old, crops, 255 - crops.crops)
+    assert not ((hard_out != frame.image).any(axis=2) & ~hard).any()
