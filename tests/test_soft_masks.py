@@ -3,6 +3,8 @@ format, the mask_mode setting, and pasting a refined crop back with coverage as 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +178,16 @@ def test_reinsert_with_coverage_alpha_blends_the_edge_and_leaves_the_rest() -> N
 
     hard_out = reinsert(image, [refined], [record], [hard], feather_px=0.0)
     assert not ((hard_out != image).any(axis=2) & ~hard).any()  # the hard cut stops at the mask
+
+
+def test_a_run_started_before_mask_mode_existed_still_resumes(tmp_path: Path) -> None:
+    config = batch.BatchConfig(scene=str(ROOT / "scenes" / "sample_office"), count=2,
+                               human_backend="proxy")
+    written = config.to_dict()
+    del written["render"]["mask_mode"]  # run_config.json as the renderer wrote it before
+    (tmp_path / batch.RUN_CONFIG).write_text(json.dumps({"config": written}), encoding="utf-8")
+    batch.prepare_run_folder(tmp_path, config)  # the default (soft) is what that run gets
+    assert batch.load_run_config(tmp_path).render.mask_mode == "soft"
+    hard = dataclasses.replace(config, render=dataclasses.replace(config.render, mask_mode="hard"))
+    with pytest.raises(batch.BatchError, match="differs in: render"):
+        batch.prepare_run_folder(tmp_path, hard)

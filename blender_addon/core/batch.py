@@ -304,6 +304,12 @@ def prepare_run_folder(out: Path, config: BatchConfig) -> None:
     if path.exists():
         existing = json.loads(path.read_text(encoding="utf-8"))
         existing_config = existing.get("config", existing)
+        try:
+            # A run started before a setting existed gets that setting's default, as its
+            # workers do (load_run_config), so it still resumes (e.g. render.mask_mode).
+            existing_config = json.loads(json.dumps(BatchConfig.from_dict(existing_config).to_dict()))
+        except (BatchError, TypeError, ValueError):
+            pass  # compared as written: the message below names what differs
         # The frame count may grow: frames 0..n-1 are the same in any longer run.
         compare_old = {k: v for k, v in existing_config.items() if k != "count"}
         compare_new = {k: v for k, v in json.loads(json.dumps(wanted)).items() if k != "count"}
