@@ -87,14 +87,12 @@ class PersonAnnotation:
         """The full-frame boolean person mask (decoded on each access), or ``None``."""
         return None if self.segmentation is None else rle_decode(self.segmentation)
 
-    def blend_mask(self) -> np.ndarray | None:
-        """What to paste a refined crop back under: the soft coverage (float32 in [0, 1]) when
-        the dataset has it, else the hard mask (bool), else ``None``."""
-        hard = self.mask
-        if self.soft_mask_path is None:
-            return hard
-        shape = None if hard is None else hard.shape
-        return read_coverage(self.soft_mask_path, shape)
+    def soft_mask(self, shape: tuple[int, int] | None = None) -> np.ndarray | None:
+        """The person's anti-aliased coverage, float32 (H, W) in [0, 1], or ``None`` where the
+        dataset has no soft masks (use ``mask`` then). ``shape`` (height, width): the image's,
+        checked against the file. Raises ``protocol.coverage.CoverageError`` for a named file
+        that is missing or does not fit."""
+        return None if self.soft_mask_path is None else read_coverage(self.soft_mask_path, shape)
 
 
 @dataclass(frozen=True)

@@ -241,12 +241,12 @@ def _cut_people(pixels: np.ndarray, image: ImageAnnotations, config: BatchRefine
                             "reason": str(exc)})
             continue
         try:
-            blend_mask = person.blend_mask()
+            soft = person.soft_mask(mask.shape)
         except CoverageError as exc:
             raise BatchRefineError(f"frame {image.image_id}, person {index}: {exc}") from None
         crops.append(crop)
         records.append(record)
-        masks.append(blend_mask if blend_mask is not None else mask)
+        masks.append(soft if soft is not None else mask)
     return crops, records, masks, skipped
 
 
