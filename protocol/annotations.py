@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from protocol.coco import RLEError, rle_decode
+from protocol.coverage import read_coverage
 
 CEPDOF_FILE = "annotations.json"
 RENDERED_COCO_FILE = "coco.json"
@@ -77,11 +78,21 @@ class PersonAnnotation:
     rendered_head_box: tuple[float, float, float, float] | None = None
     head_in_view: bool | None = None
     head_visible: bool | None = None  # rendered: the head's own pixel shows this person (COCO v = 2)
+    # Rendered: the person's anti-aliased coverage PNG (protocol.coverage); None in sets
+    # rendered before soft masks existed, and in real sets.
+    soft_mask_path: Path | None = None
 
     @property
     def mask(self) -> np.ndarray | None:
         """The full-frame boolean person mask (decoded on each access), or ``None``."""
         return None if self.segmentation is None else rle_decode(self.segmentation)
+
+    def soft_mask(self, shape: tuple[int, int] | None = None) -> np.ndarray | None:
+        """The person's anti-aliased coverage, float32 (H, W) in [0, 1], or ``None`` where the
+        dataset has no soft masks (use ``mask`` then). ``shape`` (height, width): the image's,
+        checked against the file. Raises ``protocol.coverage.CoverageError`` for a named file
+        that is missing or does not fit."""
+        return None if self.soft_mask_path is None else read_coverage(self.soft_mask_path, shape)
 
 
 @dataclass(frozen=True)
@@ -298,6 +309,10 @@ def load_rendered_coco(folder: str | Path) -> list[ImageAnnotations]:
         else:  # an older set without rotated boxes: the exact head is all there is
             rule_xy, rule_box, source = head_xy, head_box, HEAD_ANNOTATED  # type: ignore[assignment]
         in_view = entry.get("head_in_view")
+        soft_mask = entry.get("soft_mask")
+        if soft_mask is not None and not isinstance(soft_mask, str):
+            raise AnnotationError(f"{where}.soft_mask must be a path relative to {folder}, "
+                                  f"got {soft_mask!r}")
         keypoints = entry.get("keypoints")
         head_visible = (bool(keypoints[2] == 2) if isinstance(keypoints, list) and len(keypoints) >= 3
                         else None)
@@ -311,6 +326,7 @@ def load_rendered_coco(folder: str | Path) -> list[ImageAnnotations]:
             rendered_head_box=head_box,  # type: ignore[arg-type]
             head_in_view=None if in_view is None else bool(in_view),
             head_visible=head_visible,
+            soft_mask_path=None if soft_mask is None else folder / soft_mask,
         ))
     return _group(images, persons)
 

@@ -6,7 +6,9 @@ then, for frame i: draws its recipe, adds the people (each in its own collection
 instance id as ``pass_index``), lights the room, animates a small shift for motion blur,
 adds one 1-sample view layer per person (their unoccluded silhouettes), renders everything
 in one call, composites the people and their shadows over the room photo, derives the
-annotations in numpy, writes image, mask and per-frame JSON (last), and removes the people.
+annotations in numpy, writes image, mask, soft masks and per-frame JSON (last), and removes
+the people. Soft masks (``mask_mode="soft"``) come from the main layer's Cryptomatte asset pass
+(why that, and its layout: ``core.soft_masks``).
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import bpy
 import numpy as np
 
 from blender_addon.bl import scene_build
-from blender_addon.core import batch, dataset
+from blender_addon.core import batch, dataset, soft_masks
 from blender_addon.core.batch import BatchConfig, FrameRecipe, PersonRecipe
 from blender_addon.core.lighting import LightingRig
 from blender_addon.core.scene_format import SceneSpec, load_scene
+from protocol import coverage as coverage_file
 
 FPS = 24
 RIG_STREAM = 0x4C16  # seeds the lighting rig's own random stream beside the frame seed
@@ -102,7 +105,9 @@ class FrameRenderer:
         self.device = scene_build.configure_cycles(scene_build.CyclesOptions(
             samples=render.samples, adaptive_threshold=render.adaptive_threshold,
             denoise=render.denoise, motion_blur_shutter=render.motion_blur_shutter,
-            device=render.device, threads=threads), self.camera.width, self.camera.height)
+            device=render.device, threads=threads,
+            cryptomatte_depth=soft_masks.CRYPTOMATTE_DEPTH if render.mask_mode == "soft" else 0),
+            self.camera.width, self.camera.height)
         scene_build.add_fisheye_camera(self.camera)
         scene_build.add_shadow_catcher_polygons(self.scene.floor_polygons)
         scene_build.add_furniture_holdouts(self.scene.furniture)
@@ -198,10 +203,12 @@ class FrameRenderer:
                 scene_build.add_mask_layer(f"{MASK_LAYER_PREFIX}{person.recipe.pass_index}",
                                            person.collection, collections)
             passes = scene_build.render_layers()
+            # Read now: the names go with the objects when the people are removed.
+            assets = {p.recipe.pass_index: _asset_names(p.collection) for p in people}
         finally:
             scene_build.remove_view_layers(f"{MASK_LAYER_PREFIX}{p.recipe.pass_index}" for p in people)
             self._remove_people(people)
-        record = self._write(index, recipe, people, passes)
+        record = self._write(index, recipe, people, passes, assets)
         print(f"frame {index}: {len(people)} people, {time.monotonic() - started:.1f} s", flush=True)
         return record
 
@@ -217,8 +224,26 @@ class FrameRenderer:
     def _crop(self, array: np.ndarray) -> np.ndarray:
         return scene_build.crop_to_output(array, self.camera)
 
+    def _coverage(self, main: dict[str, np.ndarray], ids: np.ndarray,
+                  assets: dict[int, set[str]], annotated: list[int]) -> dict[int, np.ndarray]:
+        """Each annotated person's coverage: anti-aliased (soft) or the 0/1 instance mask."""
+        if self.config.render.mask_mode == "hard":
+            return soft_masks.hard_people_coverage(ids, annotated)
+        ranks = [self._crop(rank) for rank in soft_masks.rank_passes(main)]
+        coverage = soft_masks.people_coverage(ranks, {k: assets[k] for k in annotated})
+        for instance in annotated:
+            if not coverage[instance].any():
+                # The instance ids see this person, so Cryptomatte must: the asset names did
+                # not match what Blender hashed (an object outside the person's hierarchy?).
+                raise scene_build.RenderBackendError(
+                    f"person {instance} has visible pixels but no Cryptomatte coverage under the "
+                    f"asset names {sorted(assets[instance])}; render with --hard-masks to skip "
+                    "soft masks, and report this")
+        return coverage
+
     def _write(self, index: int, recipe: FrameRecipe, people: list[_Person],
-               passes: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+               passes: dict[str, dict[str, np.ndarray]],
+               assets: dict[int, set[str]]) -> dict[str, Any]:
         main = passes[scene_build.MAIN_LAYER]
         combined = self._crop(main["Combined"])
         catcher = self._crop(main["Shadow Catcher"]) if "Shadow Catcher" in main else None
@@ -236,11 +261,19 @@ class FrameRenderer:
         annotations, hidden = dataset.annotate_people(ids, full_masks, heads, self.camera,
                                                       self.config.head_radius_m)
         name = batch.frame_name(index)
+        annotated = [a["instance_id"] for a in annotations]
+        coverage = self._coverage(main, ids, assets, annotated)
+        soft_files: dict[str, np.ndarray] = {}
+        for annotation in annotations:
+            path = coverage_file.soft_mask_path(name, annotation["instance_id"])
+            annotation["soft_mask"] = path
+            soft_files[path] = coverage[annotation["instance_id"]]
         record = {
             "index": index,
             "frame": name,
             "image": f"images/{name}.png",
             "mask": f"masks/{name}.png",
+            "mask_mode": self.config.render.mask_mode,
             "width": self.camera.width,
             "height": self.camera.height,
             "annotations": annotations,
@@ -260,8 +293,18 @@ class FrameRenderer:
                 "versions": batch.versions(),
             },
         }
-        dataset.write_frame(self.out, name, image, ids.astype(np.uint16), record)
+        dataset.write_frame(self.out, name, image, ids.astype(np.uint16), record, soft_files)
         return record
+
+
+def _asset_names(collection: bpy.types.Collection) -> set[str]:
+    """Names of the Cryptomatte assets (top-most parents) of a person's objects."""
+    names = set()
+    for obj in collection.all_objects:
+        while obj.parent is not None:
+            obj = obj.parent
+        names.add(obj.name)
+    return names
 
 
 def render_frames(out: Path, frames: list[int], threads: int = 0) -> None:

@@ -45,6 +45,9 @@ class CyclesOptions:
     device: str = "cpu"  # "cpu", "gpu" or "auto"
     threads: int = 0  # 0 = all cores
     seed: int = 0
+    # Ranked Cryptomatte asset pairs on the main layer (soft person masks, see
+    # core.soft_masks); 0 = no Cryptomatte pass (mask_mode "hard").
+    cryptomatte_depth: int = 0
 
 
 def _enable_gpu() -> bool:
@@ -113,6 +116,9 @@ def configure_cycles(options: CyclesOptions, width: int, height: int) -> str:
     layer.use_pass_combined = True
     layer.use_pass_object_index = True
     layer.cycles.use_pass_shadow_catcher = True
+    layer.use_pass_cryptomatte_asset = options.cryptomatte_depth > 0
+    if options.cryptomatte_depth > 0:
+        layer.pass_cryptomatte_depth = options.cryptomatte_depth
     return device
 
 
@@ -357,8 +363,10 @@ def read_multilayer_exr(path: Path) -> dict[str, dict[str, np.ndarray]]:
     for layer, passes in layers.items():
         result[layer] = {}
         for pass_name, comps in passes.items():
-            order = [c for c in ("R", "G", "B", "A", "X", "Y", "Z", "V") if c in comps]
-            order += [c for c in comps if c not in order]
+            # Cryptomatte's channels are lower case (r, g, b, a = id, coverage, id, coverage):
+            # order them like R, G, B, A, not as the file happens to list them.
+            rank = {c: i for i, c in enumerate("RGBAXYZV")}
+            order = sorted(comps, key=lambda c: (rank.get(c.upper(), len(rank)), c))
             arrays = [np.asarray(comps[c], dtype=np.float32) for c in order]
             result[layer][pass_name] = arrays[0] if len(arrays) == 1 else np.stack(arrays, axis=-1)
     return result

@@ -34,6 +34,7 @@ import numpy as np
 from blender_addon.core.placement import PlacementConfig, place_people, sample_counts
 from blender_addon.core.scene_format import SceneSpec
 from protocol import processes
+from protocol.coverage import MASK_MODES
 from protocol.fileio import atomic_write_json
 
 RUN_CONFIG = "run_config.json"
@@ -48,7 +49,11 @@ class BatchError(ValueError):
 
 @dataclass(frozen=True)
 class RenderSettings:
-    """Cycles quality knobs. ``resolution`` is the output's long side in pixels."""
+    """Cycles quality knobs. ``resolution`` is the output's long side in pixels.
+
+    ``mask_mode``: "soft" also writes each person's anti-aliased coverage (from a Cryptomatte
+    pass of the main render; ``protocol.coverage``), "hard" writes 0/1 coverage from the
+    instance ids and skips the Cryptomatte pass. Annotations are the same in both."""
 
     resolution: int = 1024
     samples: int = 64
@@ -56,6 +61,7 @@ class RenderSettings:
     denoise: bool = True
     motion_blur_shutter: float = 0.5  # in frames; 0 = off
     device: str = "auto"
+    mask_mode: str = "soft"
 
     def __post_init__(self) -> None:
         if not 16 <= self.resolution <= 8192:
@@ -68,6 +74,8 @@ class RenderSettings:
             raise BatchError(f"motion_blur_shutter must be in [0, 2] frames, got {self.motion_blur_shutter}")
         if self.device not in DEVICES:
             raise BatchError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.mask_mode not in MASK_MODES:
+            raise BatchError(f"mask_mode must be one of {MASK_MODES}, got {self.mask_mode!r}")
 
 
 # Named quality presets. "thesis" is Table 7.2's setting (350 samples, no denoiser);
@@ -296,6 +304,12 @@ def prepare_run_folder(out: Path, config: BatchConfig) -> None:
     if path.exists():
         existing = json.loads(path.read_text(encoding="utf-8"))
         existing_config = existing.get("config", existing)
+        try:
+            # A run started before a setting existed gets that setting's default, as its
+            # workers do (load_run_config), so it still resumes (e.g. render.mask_mode).
+            existing_config = json.loads(json.dumps(BatchConfig.from_dict(existing_config).to_dict()))
+        except (BatchError, TypeError, ValueError):
+            pass  # compared as written: the message below names what differs
         # The frame count may grow: frames 0..n-1 are the same in any longer run.
         compare_old = {k: v for k, v in existing_config.items() if k != "count"}
         compare_new = {k: v for k, v in json.loads(json.dumps(wanted)).items() if k != "count"}

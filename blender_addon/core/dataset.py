@@ -10,6 +10,7 @@ sphere), visibility (visible / unoccluded pixels) and COCO RLE masks.
 Dataset folder (see docs/dataset_format.md)::
 
     images/<frame>.png   masks/<frame>.png (uint16 instance ids)   frames/<frame>.json
+    soft_masks/<frame>_<instance>.png (8-bit coverage of one person; protocol.coverage)
     coco.json (rebuilt from frames/*.json)   run_config.json
 
 Pixel convention: (0, 0) is the top-left corner of the image; pixel centres are at +0.5.
@@ -29,6 +30,7 @@ from PIL import Image
 
 from blender_addon.core.fisheye import CyclesCameraSettings, FisheyeCamera
 from protocol.coco import rle_encode
+from protocol.coverage import coverage_png_bytes
 from protocol.fileio import atomic_write_bytes, atomic_write_json
 
 CATEGORIES = [{"id": 1, "name": "person", "keypoints": ["head"], "skeleton": []}]
@@ -229,10 +231,13 @@ def read_mask(path: Path) -> np.ndarray:
 
 
 def write_frame(out: Path, name: str, image: np.ndarray, instance_ids: np.ndarray,
-                record: dict[str, Any]) -> Path:
-    """Write image, mask, then the per-frame JSON (last: its presence marks the frame done)."""
+                record: dict[str, Any], soft_masks: Mapping[str, np.ndarray] | None = None) -> Path:
+    """Write image, mask, soft masks (``{relative path: coverage}``, see ``protocol.coverage``),
+    then the per-frame JSON (last: its presence marks the frame done)."""
     atomic_write_bytes(out / "images" / f"{name}.png", png_bytes(image))
     atomic_write_bytes(out / "masks" / f"{name}.png", png_bytes(instance_ids.astype(np.uint16)))
+    for relative, coverage in (soft_masks or {}).items():
+        atomic_write_bytes(out / relative, coverage_png_bytes(coverage))
     return atomic_write_json(out / "frames" / f"{name}.json", record)
 
 

@@ -4,7 +4,9 @@ This is the glue the add-on's panel, its live preview and headless scripts share
 frame the render CLI wrote (``images/``, ``masks/``, ``frames/<name>.json``), cuts one upright
 crop per visible person (``protocol.crops.crop_person``, thesis Algorithm 5), sends them in one
 ``RefineRequest``, and blends the refined crops back under each person's own mask
-(``protocol.crops.reinsert``, Algorithm 6), so background pixels stay bit for bit.
+(``protocol.crops.reinsert``, Algorithm 6): the anti-aliased coverage from ``soft_masks/`` as
+alpha where the frame has it, else the hard instance mask, so pixels no person covers stay bit
+for bit.
 
 Everything that waits on the daemon is a non-blocking state machine (``RefinePreview.poll``),
 because Blender calls it from a ``bpy.app.timers`` callback that must return within
@@ -21,6 +23,7 @@ the same way, so the UI never waits on Cycles.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import signal
@@ -36,6 +39,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from protocol.annotations import head_from_rbox, image_centre, rbox_mask
+from protocol.coverage import CoverageError, read_coverage
 from protocol.crops import CropRecord, crop_person, reinsert
 from protocol.errors import ProtocolError
 from protocol.messages import ErrorReply, RefineReply, RefineRequest
@@ -73,6 +77,14 @@ class RenderedFrame:
     instance_ids: np.ndarray  # uint16 (H, W), 0 = no person
     people: tuple[PersonBoxes, ...]
     center_xy: tuple[float, float]  # where bodies point to (the lens' principal point)
+    # {instance_id: float32 coverage in [0, 1]} from soft_masks/; empty for frames rendered
+    # before soft masks (the hard mask is then used).
+    coverage: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def blend_mask(self, instance_id: int) -> np.ndarray:
+        """What a refined crop of this person is pasted back under: soft coverage or hard mask."""
+        soft = self.coverage.get(instance_id)
+        return soft if soft is not None else self.instance_ids == instance_id
 
 
 def _boxes(annotation: dict[str, Any]) -> PersonBoxes:
@@ -121,7 +133,13 @@ def load_rendered_frame(out_dir: Path, index: int | None = None) -> RenderedFram
         image = np.asarray(img.convert("RGB"))
     with Image.open(root / record["mask"]) as img:
         ids = np.asarray(img).astype(np.uint16)
-    return frame_from_record(image, ids, record)
+    frame = frame_from_record(image, ids, record)
+    try:
+        coverage = {int(a["instance_id"]): read_coverage(root / a["soft_mask"], ids.shape)
+                    for a in record.get("annotations", []) if a.get("soft_mask")}
+    except CoverageError as exc:
+        raise PreviewError(str(exc)) from None
+    return dataclasses.replace(frame, coverage=coverage)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +190,7 @@ def reinsert_refined(frame: RenderedFrame, crops: CropSet, refined: np.ndarray) 
     """Blend refined crops back into the frame, each only under its own person's mask."""
     if len(refined) != len(crops.records):
         raise PreviewError(f"the daemon returned {len(refined)} crops for {len(crops.records)} sent")
-    masks = [frame.instance_ids == i for i in crops.instance_ids]
+    masks = [frame.blend_mask(i) for i in crops.instance_ids]
     return reinsert(frame.image, list(refined), list(crops.records), masks)
 
 
@@ -184,7 +202,7 @@ def attention_image(frame: RenderedFrame, crops: CropSet, attention: np.ndarray 
     if attention is None or len(crops.records) == 0:
         return frame.image.copy()
     maps = [np.repeat((np.clip(a, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2) for a in attention]
-    masks = [frame.instance_ids == i for i in crops.instance_ids]
+    masks = [frame.blend_mask(i) for i in crops.instance_ids]
     heat = reinsert(np.zeros_like(frame.image), maps, list(crops.records), masks)[..., 0]
     alpha = heat.astype(np.float32)[..., None] / 255.0
     red = np.array([255.0, 0.0, 0.0], np.float32)
@@ -270,8 +288,7 @@ class PreviewResult:
         if mode == "refined":
             return self.refined
         if mode == "attention":
-            shown = RenderedFrame(self.frame.name, self.refined, self.frame.instance_ids,
-                                  self.frame.people, self.frame.center_xy)
+            shown = dataclasses.replace(self.frame, image=self.refined)
             return attention_image(shown, self.crops, self.attention)
         raise PreviewError(f"unknown display mode {mode!r}; valid: {list(DISPLAY_MODES)}")
 

@@ -21,6 +21,7 @@ from blender_addon.core.dataset import build_coco, contact_sheet
 from blender_addon.core.placement import PlacementConfig, PlacementError, check_capacity
 from blender_addon.core.scene_format import SceneFormatError, load_scene
 from protocol import processes
+from protocol.coverage import MASK_MODES
 from protocol.datacheck import check_image
 
 # How every script of this project runs under a Blender binary (the render CLI, its workers,
@@ -113,6 +114,13 @@ def build_parser(prog: str = "python -m blender_addon.bl.cli_entry") -> argparse
                          help="OpenImageDenoise on/off")
     quality.add_argument("--motion-blur", type=float, help="shutter in frames (0 = off)")
     quality.add_argument("--device", choices=batch.DEVICES, help="Cycles device (default auto: GPU when present)")
+    masks = quality.add_mutually_exclusive_group()
+    masks.add_argument("--mask-mode", choices=MASK_MODES,
+                       help="soft (default): also write each person's anti-aliased coverage PNG "
+                            "(soft_masks/), used to paste refined crops back; hard: 0/1 coverage "
+                            "from the instance ids, no Cryptomatte pass")
+    masks.add_argument("--hard-masks", dest="mask_mode", action="store_const", const="hard",
+                       help="same as --mask-mode hard")
     run = parser.add_argument_group("how to run")
     run.add_argument("--shard", default="0/1", help="render only shard i of N (i/N, default 0/1)")
     run.add_argument("--workers", type=int, default=1,
@@ -142,7 +150,8 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
     render = batch.with_overrides(
         batch.preset(args.preset), resolution=args.resolution, samples=args.samples,
         adaptive_threshold=args.adaptive_threshold, denoise=args.denoise,
-        motion_blur_shutter=args.motion_blur, device=args.device)
+        motion_blur_shutter=args.motion_blur, device=args.device,
+        mask_mode=getattr(args, "mask_mode", None))
     placement = PlacementConfig(sitting_range=tuple(args.sitting), standing_range=tuple(args.standing))  # type: ignore[arg-type]
     assets = None
     if not getattr(args, "no_assets", False) and args.human_backend == "mpfb2":

@@ -8,10 +8,12 @@
   (``protocol.crop_dataset.fit_region``: head from the rotated box, scale fitted to it;
   ``protocol.crops.crop_person``),
   all crops of a frame go to ``refine_fn`` in one call, and each refined crop is blended back
-  under that person's own mask (``protocol.crops.reinsert``), so pixels outside every person's
-  mask stay bit-identical to the input;
-- annotations are copied byte for byte (``coco.json``, ``masks/``, ``frames/``,
-  ``run_config.json``): the refiner never moves a person, so they stay valid;
+  under that person's own mask (``protocol.crops.reinsert``): with the person's soft mask
+  (``soft_masks/``, anti-aliased coverage as alpha, ``protocol.coverage``) where the dataset
+  has one, else with the hard mask (datasets rendered before soft masks). Pixels that no
+  person covers at all stay bit-identical to the input;
+- annotations are copied byte for byte (``coco.json``, ``masks/``, ``soft_masks/``,
+  ``frames/``, ``run_config.json``): the refiner never moves a person, so they stay valid;
 - ``refiner.json`` records what refined the images (model, sha256, config, daemon version,
   endpoint, crop size, date), ``refine_report.json`` what was done (frames, people, skips).
 
@@ -49,6 +51,7 @@ from protocol.annotations import (
     ImageAnnotations,
     load_rendered_coco,
 )
+from protocol.coverage import CoverageError
 from protocol.crop_dataset import DEFAULT_FIT, FIT_MODES, fit_region
 from protocol.crops import DEFAULT_FEATHER_PX, CropError, CropRecord, crop_person, reinsert
 from protocol.datacheck import check_images
@@ -214,7 +217,8 @@ def _cut_people(pixels: np.ndarray, image: ImageAnnotations, config: BatchRefine
                 ) -> tuple[list[np.ndarray], list[CropRecord], list[np.ndarray],
                            list[dict[str, Any]]]:
     """Every person's upright crop (the shared crop rule), with the people that cannot be cut.
-    Reinsertion blends under each person's own mask, whatever the crop was fitted to."""
+    Reinsertion blends under each person's own mask (soft where there is one), whatever the
+    crop was fitted to."""
     crops: list[np.ndarray] = []
     records: list[CropRecord] = []
     masks: list[np.ndarray] = []
@@ -236,9 +240,13 @@ def _cut_people(pixels: np.ndarray, image: ImageAnnotations, config: BatchRefine
             skipped.append({"image_id": image.image_id, "person_index": index,
                             "reason": str(exc)})
             continue
+        try:
+            soft = person.soft_mask(mask.shape)
+        except CoverageError as exc:
+            raise BatchRefineError(f"frame {image.image_id}, person {index}: {exc}") from None
         crops.append(crop)
         records.append(record)
-        masks.append(mask)
+        masks.append(soft if soft is not None else mask)
     return crops, records, masks, skipped
 
 
@@ -313,6 +321,10 @@ def refine_dataset(in_dir: str | Path, out_dir: str | Path, refine_fn: RefineFn,
         mask_file = mask_files.get(image.image_id)
         if mask_file and (in_dir / mask_file).is_file():
             _copy_file(in_dir / mask_file, out_dir / mask_file)
+        for person in image.persons:
+            if person.soft_mask_path is not None and person.soft_mask_path.is_file():
+                _copy_file(person.soft_mask_path,
+                           _relative_output(in_dir, out_dir, person.soft_mask_path))
         frame_json = in_dir / "frames" / f"{image.path.stem}.json"
         if frame_json.is_file():
             _copy_file(frame_json, out_dir / "frames" / frame_json.name)
