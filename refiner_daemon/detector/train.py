@@ -33,6 +33,12 @@ examples:
   # everything from a JSON config (DetectorConfig fields), print it and stop
   python -m refiner_daemon.detector.train --config det.json --dry-run
 
+  # several processes (GPUs, or CPU processes over gloo): torchrun starts one per GPU; each
+  # trains on --batch-size images, so the global batch is --batch-size x --nproc_per_node
+  torchrun --standalone --nproc_per_node 4 -m refiner_daemon.detector.train --config det.json
+  # the same without the torchrun script: python -m torch.distributed.run --standalone ...
+  # continue it after a stop: the same command with --resume (same number of processes)
+
 Writes config.json, best.pt (best validation F1), last.pt (resume with --resume),
 history.json and tensorboard/ into --out. Then evaluate with
 python -m refiner_daemon.detector.evaluate and export with python -m refiner_daemon.detector.export.
@@ -100,7 +106,8 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--input-size", type=int, help="square network input in pixels (default 448)")
     parser.add_argument("--anchors", type=int, help="anchor shapes per cell, by k-means (default 9)")
     parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--batch-size", type=int,
+                        help="images per step and process (global batch: this x torchrun's --nproc_per_node)")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")

@@ -42,6 +42,13 @@ examples:
   # override one loss weight of a preset and the perceptual layers
   ... --preset C_CPCF --loss-weight cycle_feature=2e-5 --feature-layers pool2 pool4
 
+  # several processes (GPUs, or CPU processes over gloo): one per GPU; each trains on
+  # --batch-size crops, so the global batch is --batch-size x --nproc_per_node; only rank 0
+  # writes; --resume continues with the same number of processes
+  torchrun --standalone --nproc_per_node 4 -m refiner_daemon.refiner.train --run-dir runs/ccp \
+      --synthetic S --real R --preset C_CP+S --batch-size 4
+  # the same without the torchrun script: python -m torch.distributed.run --standalone ...
+
 outputs in --run-dir: config.json, checkpoints/latest.pt, tensorboard/ (tensorboard --logdir),
 refiner.pt (the generator; load with refiner_daemon.refiner.inference.Refiner.load).
 presets (thesis Table 3.2): """ + ", ".join(sorted(PRESETS))
@@ -96,7 +103,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     model.add_argument("--tau", type=float, help="AGGAN foreground threshold (default 0.1)")
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=int, help="epochs over min(|S|, |R|) (default 160)")
-    train.add_argument("--batch-size", type=int, help="default 1")
+    train.add_argument("--batch-size", type=int,
+                       help="crops per step and process (default 1; under torchrun the global "
+                            "batch is this x --nproc_per_node)")
     train.add_argument("--crop-size", type=_crop_size,
                        help="HEIGHTxWIDTH (default 128x128, the crop dataset's default)")
     train.add_argument("--lr", type=float, help="Adam learning rate (default 2e-4)")
