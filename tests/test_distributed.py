@@ -164,6 +164,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         {"name": "det", "kind": "detector", "config": _detector_config(root, data, "det_ddp", PER_RANK_BATCH)},
         {"name": "det_split", "kind": "detector", "stop_after": DET_STOP_AFTER,
          "config": _detector_config(root, data, "det_split", PER_RANK_BATCH)},
+        {"name": "det_local_bn", "kind": "detector", "stop_after": 1,
+         "config": _detector_config(root, data, "det_local_bn", PER_RANK_BATCH, sync_batchnorm=False)},
         {"name": "ref", "kind": "refiner", "config": _refiner_config(root, "ref_ddp", PER_RANK_BATCH)},
         {"name": "ref_split", "kind": "refiner", "stop_after": REF_STOP_AFTER,
          "config": _refiner_config(root, "ref_split", PER_RANK_BATCH)},
@@ -208,13 +210,17 @@ def test_two_processes_train_like_one_with_the_global_batch(runs: dict[str, Any]
         assert rank1["steps"] == rank0["steps"], name
         # Both return rank 0's output path.
         assert rank1["returned"] == rank0["returned"] and Path(rank0["returned"]).is_file()
+    # The BatchNorm synchronisation is what makes the detector equivalent: with per-process
+    # statistics the very first loss is already off by far more than the tolerance.
+    local_bn = runs["det_local_bn"][0]["steps"][0]["losses"]["total"]
+    assert abs(local_bn - runs["single"]["det"][0]["losses"]["total"]) > 10 * RTOL * abs(local_bn)
     # And not trivially: the losses change from step to step.
     assert len({round(s["losses"]["total"], 6) for s in runs["det"][0]["steps"]}) > 3
 
 
 def test_only_rank_0_writes_files(runs: dict[str, Any]) -> None:
     root = runs["root"]
-    for name in ("det", "det_split", "ref", "ref_split", "det_resumed", "ref_resumed"):
+    for name in ("det", "det_split", "det_local_bn", "ref", "ref_split", "det_resumed", "ref_resumed"):
         rank0, rank1 = runs[name]
         assert rank1["writes"] == [], (name, rank1["writes"][:5])
         assert rank0["writes"], name  # the audit sees rank 0's writes, so it would see rank 1's

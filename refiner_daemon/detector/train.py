@@ -62,6 +62,8 @@ def build_config(args: argparse.Namespace) -> DetectorConfig:
         data["augment"] = False
     if args.resume:
         data["resume"] = True
+    if args.no_sync_batchnorm:
+        data["sync_batchnorm"] = False
     return DetectorConfig.from_dict(data)
 
 
@@ -113,6 +115,9 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--no-augment", action="store_true", help="no rotation, flips or jitter")
     parser.add_argument("--resume", action="store_true", help="continue from last.pt in --out")
+    parser.add_argument("--no-sync-batchnorm", action="store_true",
+                        help="under torchrun: BatchNorm statistics per process instead of over the "
+                             "global batch (faster on the CPU, not equivalent to one process)")
     parser.add_argument("--dry-run", action="store_true", help="print the validated config and stop")
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave out unreadable, truncated or missing images instead of stopping; "

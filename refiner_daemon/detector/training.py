@@ -11,7 +11,8 @@ of each global batch of ``batch_size x world size`` images, in the order a singl
 that batch size would see them; the loss is normalised by the counts of the whole global batch,
 so the averaged gradients are those of the single-process step. Only rank 0 validates and
 writes files. BatchNorm statistics are those of the global batch too (``nn.SyncBatchNorm`` on
-CUDA, :class:`refiner_daemon.common.distributed.ProcessGroupBatchNorm` on the CPU).
+CUDA, :class:`refiner_daemon.common.distributed.ProcessGroupBatchNorm` on the CPU) unless
+``sync_batchnorm`` is false.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def _train(cfg: DetectorConfig, dist: DistributedContext, device: torch.device,
     else:
         anchor_shapes = training_anchor_shapes(train_samples, cfg.input_size, cfg.num_anchors, cfg.seed)
     model = HeadDetector(cfg.backbone, anchor_shapes, cfg.input_size, cfg.pretrained, cfg.weights).to(device)
-    if dist.enabled:
+    if dist.enabled and cfg.sync_batchnorm:
         # BatchNorm statistics of the whole global batch, as one process would compute them.
         model = synchronise_batchnorm(model, device)
     train_model = dist.wrap(model, device)  # forward/backward through DDP; save `model`
