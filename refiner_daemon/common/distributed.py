@@ -17,6 +17,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -143,7 +144,9 @@ def session(device: torch.device, environ: dict[str, str] | None = None
             ) -> Iterator[tuple[DistributedContext, torch.device]]:
     """Join the process group the environment describes, yield (context, this process's device)
     and leave the group at the end. A group that already exists (the caller made it) is used
-    and left for the caller to destroy."""
+    and left for the caller to destroy: a program that trains several times in one torchrun
+    launch must make the group once around them (``with session(device):``), because a group
+    made again in the same process finds the first one's stale addresses in torchrun's store."""
     ctx = context_from_env(environ)
     if not ctx.enabled:
         yield ctx, device
@@ -171,6 +174,23 @@ def session(device: torch.device, environ: dict[str, str] | None = None
             torch.distributed.destroy_process_group()
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the process group, differentiable: the gradient of every process's input is the
+    sum of all processes' output gradients (each process's loss depends on every input)."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone()
+        torch.distributed.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        torch.distributed.all_reduce(grad)
+        return grad
+
+
 class ProcessGroupBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d whose training-mode statistics are those of the whole global batch, summed
     over the process group with a differentiable all-reduce; for the CPU, where
@@ -181,8 +201,7 @@ class ProcessGroupBatchNorm(nn.BatchNorm2d):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self.training or not torch.distributed.is_initialized():
             return super().forward(input)
-        from torch.distributed.nn.functional import all_reduce
-
+        all_reduce = _AllReduceSum.apply
         dims = [0, 2, 3]
         count = torch.tensor([input.numel() // input.shape[1]], dtype=input.dtype, device=input.device)
         total = all_reduce(torch.cat([input.sum(dims), count]))

@@ -12,6 +12,7 @@ from protocol import processes
 from protocol.cli import run_main
 from protocol.datacheck import BadFile
 from protocol.fileio import atomic_write_json
+from refiner_daemon.common.distributed import context_from_env
 from refiner_daemon.detector.config import ConfigError, DetectorConfig
 from refiner_daemon.detector.data import load_samples
 from refiner_daemon.detector.training import train_detector
@@ -130,8 +131,9 @@ def _main(argv: list[str]) -> int:
     if args.dry_run:
         print(json.dumps(config.to_dict(), indent=2))
         return 0
+    main = context_from_env().is_main  # under torchrun only rank 0 writes and reports
     bad = check_datasets(config, skip_bad=args.skip_bad)
-    if bad:
+    if bad and main:
         report: dict[str, Any] = {"skipped_bad_files_count": len(bad),
                                   "skipped_bad_files": [b.to_dict() for b in bad]}
         atomic_write_json(Path(config.out_dir) / "data_check.json", report)
@@ -140,6 +142,8 @@ def _main(argv: list[str]) -> int:
     # A stop signal ends training after the current step with last.pt saved (--resume goes on
     # from it); the command then exits with 128 + the signal number. A second signal: at once.
     best, signum = processes.run_until_stopped("detector-train", lambda should_stop: train_detector(config, should_stop=should_stop))
+    if not main:
+        return 0 if signum is None else 128 + signum
     if signum is not None:
         print(f"training stopped; state saved in {config.out_dir}; rerun with --resume to continue",
               file=sys.stderr)

@@ -168,12 +168,14 @@ CROP_FOLDER_FIELDS = ("synthetic_dir", "real_dir", "val_synthetic_dir", "val_rea
 CHECKED_INPUTS_DIR = "checked_inputs"
 
 
-def check_crop_folders(cfg: Any, *, skip_bad: bool = False) -> tuple[Any, dict[str, Any]]:
+def check_crop_folders(cfg: Any, *, skip_bad: bool = False, write: bool = True) -> tuple[Any, dict[str, Any]]:
     """Check every crop of the config's crop folders before training starts
     (``protocol.datacheck``). A bad crop raises ``BadDataError`` naming it; with ``skip_bad``
     each folder with bad crops is replaced by ``<run_dir>/checked_inputs/<field>/`` holding
     links to its good crops. Returns the (possibly changed) config and a report
-    ``{field: {"folder", "checked", "skipped_bad_files": [...]}}``."""
+    ``{field: {"folder", "checked", "skipped_bad_files": [...]}}``. ``write=False`` (the
+    processes other than rank 0 under torchrun) returns the same config without building the
+    link folders; training waits for rank 0 before it reads them."""
     from refiner_daemon.refiner.data import list_crop_files
 
     data = cfg.to_dict()
@@ -190,7 +192,8 @@ def check_crop_folders(cfg: Any, *, skip_bad: bool = False) -> tuple[Any, dict[s
             if not good:
                 raise ValueError(f"every crop in {folder} is bad (first: {bad[0].reason}, "
                                  f"{bad[0].path}); regenerate the crop folder")
-            data[name] = str(_good_crop_view(Path(cfg.run_dir) / CHECKED_INPUTS_DIR / name, good))
+            view = Path(cfg.run_dir) / CHECKED_INPUTS_DIR / name
+            data[name] = str(_good_crop_view(view, good) if write else view)
     return (type(cfg).from_dict(data) if data != cfg.to_dict() else cfg), report
 
 
@@ -217,9 +220,12 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    cfg, report = check_crop_folders(cfg, skip_bad=bool(getattr(args, "skip_bad", False)))
+    from refiner_daemon.common.distributed import context_from_env
+
+    main = context_from_env().is_main  # under torchrun only rank 0 writes and reports
+    cfg, report = check_crop_folders(cfg, skip_bad=bool(getattr(args, "skip_bad", False)), write=main)
     skipped = [b for entry in report.values() for b in entry["skipped_bad_files"]]
-    if skipped:
+    if skipped and main:
         from protocol.fileio import atomic_write_json
 
         atomic_write_json(Path(cfg.run_dir) / "data_check.json",
@@ -231,6 +237,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     # A stop signal ends training after the current step, with a checkpoint (--resume goes on
     # from it); the command then exits with 128 + the signal number. A second signal: at once.
     path, signum = processes.run_until_stopped("train-refiner", lambda should_stop: train_refiner(cfg, should_stop=should_stop))
+    if not main:
+        return 0 if signum is None else 128 + signum
     if signum is not None:
         print(f"training stopped; state saved in {cfg.run_dir}; rerun with --resume to continue",
               file=sys.stderr)

@@ -804,6 +804,8 @@ def _train(cfg: RefinerConfig, dist: DistributedContext, device: torch.device,
     run_dir = Path(cfg.run_dir)
     ckpt_path = run_dir / "checkpoints" / "latest.pt"
     main = dist.is_main  # the one process that writes files
+    # Rank 0 may have just built the inputs (the CLI's --skip-bad link folders): read after it.
+    dist.barrier()
     synthetic = CropFolder(cfg.synthetic_dir, tuple(cfg.crop_size), channels=cfg.channels)
     real = CropFolder(cfg.real_dir, tuple(cfg.crop_size), channels=cfg.channels)
     batches = UnpairedBatches(synthetic, real, batch_size=cfg.batch_size * dist.world_size,
