@@ -158,12 +158,17 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     and the single-process references with the global batch."""
     root = tmp_path_factory.mktemp("ddp")
     data = write_disc_dataset(root / "discs", images=8, size=64, radius=(7, 10), seed=3)
+    # 5 images: each epoch ends with a global batch of one image, so rank 1 has nothing of its
+    # own and joins the step with weight 0 (the padding path of the detector's shard loader).
+    odd = write_disc_dataset(root / "odd", images=5, size=64, radius=(7, 10), seed=5)
     _write_crops(root / "synthetic", 16, 1, (0, 0, 0))
     _write_crops(root / "real", 16, 2, (70, 20, -50))
     first = _torchrun(root, "first", [
         {"name": "det", "kind": "detector", "config": _detector_config(root, data, "det_ddp", PER_RANK_BATCH)},
         {"name": "det_split", "kind": "detector", "stop_after": DET_STOP_AFTER,
          "config": _detector_config(root, data, "det_split", PER_RANK_BATCH)},
+        {"name": "det_odd", "kind": "detector",
+         "config": _detector_config(root, odd, "det_odd", PER_RANK_BATCH, epochs=2, tensorboard=False)},
         {"name": "det_local_bn", "kind": "detector", "stop_after": 1,
          "config": _detector_config(root, data, "det_local_bn", PER_RANK_BATCH, sync_batchnorm=False)},
         {"name": "ref", "kind": "refiner", "config": _refiner_config(root, "ref_ddp", PER_RANK_BATCH)},
@@ -177,8 +182,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
          "config": _refiner_config(root, "ref_split", PER_RANK_BATCH, resume=True)},
     ])
     torch.set_num_threads(1)
-    single: dict[str, list[dict[str, Any]]] = {"det": [], "ref": []}
+    single: dict[str, list[dict[str, Any]]] = {"det": [], "ref": [], "det_odd": []}
     global_batch = PER_RANK_BATCH * PROCESSES
+    train_detector(DetectorConfig.from_dict(_detector_config(root, odd, "det_odd_single", global_batch, epochs=2,
+                                                             tensorboard=False)),
+                   on_progress=lambda e: single["det_odd"].append(e) if "losses" in e else None)
     train_detector(DetectorConfig.from_dict(_detector_config(root, data, "det_single", global_batch)),
                    on_progress=lambda e: single["det"].append(e) if "losses" in e else None)
     train_refiner(RefinerConfig.from_dict(_refiner_config(root, "ref_single", global_batch)),
@@ -210,6 +218,10 @@ def test_two_processes_train_like_one_with_the_global_batch(runs: dict[str, Any]
         assert rank1["steps"] == rank0["steps"], name
         # Both return rank 0's output path.
         assert rank1["returned"] == rank0["returned"] and Path(rank0["returned"]).is_file()
+    # A short last batch: one image on rank 0, rank 1 pads with that same image at weight 0
+    # (with two processes the pad is always the one image, so BatchNorm sees the same statistics).
+    _assert_same_losses(runs["det_odd"][0]["steps"], runs["single"]["det_odd"], "det_odd")
+    assert [s["step"] for s in runs["det_odd"][0]["steps"]] == [1, 2, 3, 4]
     # The BatchNorm synchronisation is what makes the detector equivalent: with per-process
     # statistics the very first loss is already off by far more than the tolerance.
     local_bn = runs["det_local_bn"][0]["steps"][0]["losses"]["total"]
@@ -220,7 +232,7 @@ def test_two_processes_train_like_one_with_the_global_batch(runs: dict[str, Any]
 
 def test_only_rank_0_writes_files(runs: dict[str, Any]) -> None:
     root = runs["root"]
-    for name in ("det", "det_split", "det_local_bn", "ref", "ref_split", "det_resumed", "ref_resumed"):
+    for name in ("det", "det_split", "det_odd", "det_local_bn", "ref", "ref_split", "det_resumed", "ref_resumed"):
         rank0, rank1 = runs[name]
         assert rank1["writes"] == [], (name, rank1["writes"][:5])
         assert rank0["writes"], name  # the audit sees rank 0's writes, so it would see rank 1's
