@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,11 +135,15 @@ class HeadDetector(nn.Module):
         raw = output.permute(0, 2, 3, 1).reshape(batch, grid_height * grid_width * self.num_anchor_shapes, 5)
         return raw, self.anchors(grid_height, grid_width)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, raw: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoded boxes (B, A, 4) ``xyxy`` in input pixels and confidences (B, A) in [0, 1];
-        NMS is left to :func:`postprocess` so the exported graph stays simple."""
-        raw, anchors = self.forward_raw(images)
-        return decode_boxes(raw[..., :4], anchors), torch.sigmoid(raw[..., 4])
+        NMS is left to :func:`postprocess` so the exported graph stays simple. ``raw=True``
+        returns :meth:`forward_raw`'s outputs instead (DistributedDataParallel synchronises
+        gradients only for what goes through ``forward``)."""
+        if raw:
+            return self.forward_raw(images)
+        raw_output, anchors = self.forward_raw(images)
+        return decode_boxes(raw_output[..., :4], anchors), torch.sigmoid(raw_output[..., 4])
 
 
 def decode_boxes(deltas: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
@@ -191,14 +196,45 @@ CONFIDENCE_LOSSES = ("bce", "l2")
 
 
 def squeezedet_loss(raw: torch.Tensor, anchors: torch.Tensor, gt_boxes: list[torch.Tensor],
-                    confidence_loss: str = "bce") -> tuple[torch.Tensor, dict[str, float]]:
+                    confidence_loss: str = "bce", *,
+                    normalisers: tuple[int, int] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """SqueezeDet's loss for one class: L2 box-offset regression on the assigned anchors, and a
     confidence pulled towards the predicted box's IoU with its ground truth there and towards 0 at
     every other anchor (weights as in the paper), normalised by the number of objects.
 
     ``confidence_loss="l2"`` is the paper's squared error on the sigmoid output; the default
     ``"bce"`` uses binary cross-entropy against the same soft targets, whose gradient does not
-    vanish at low confidences, so training converges several times faster on small sets."""
+    vanish at low confidences, so training converges several times faster on small sets.
+
+    ``normalisers`` replaces this batch's (objects, negative anchors) counts: distributed
+    training divides each process's sums by the counts of the whole global batch, so the
+    processes' losses add up to the loss of that batch (see :func:`squeezedet_loss_sums`)."""
+    sums = squeezedet_loss_sums(raw, anchors, gt_boxes, confidence_loss)
+    objects, negatives = (sums.objects, sums.negatives) if normalisers is None else normalisers
+    normaliser = max(objects, 1)
+    bbox_loss = LAMBDA_BBOX * sums.bbox / normaliser
+    conf_positive = LAMBDA_CONF_POSITIVE * sums.conf_positive / normaliser
+    # SqueezeDet divides the negative term by the number of negative anchors in the batch.
+    conf_negative = LAMBDA_CONF_NEGATIVE * sums.conf_negative / max(negatives, 1)
+    total = bbox_loss + conf_positive + conf_negative
+    return total, {"total": float(total.detach()), "bbox": float(bbox_loss.detach()),
+                   "conf_positive": float(conf_positive.detach()), "conf_negative": float(conf_negative.detach())}
+
+
+@dataclass
+class LossSums:
+    """The un-normalised parts of :func:`squeezedet_loss` and the counts that normalise them."""
+
+    bbox: torch.Tensor           # sum of squared box-offset errors on assigned anchors
+    conf_positive: torch.Tensor  # summed confidence loss on assigned anchors
+    conf_negative: torch.Tensor  # summed confidence loss on all other anchors
+    objects: int
+    negatives: int
+
+
+def squeezedet_loss_sums(raw: torch.Tensor, anchors: torch.Tensor, gt_boxes: list[torch.Tensor],
+                         confidence_loss: str = "bce") -> LossSums:
+    """Anchor assignment and the summed loss terms of one batch, before normalisation."""
     if confidence_loss not in CONFIDENCE_LOSSES:
         raise ValueError(f"confidence_loss {confidence_loss!r} unknown; valid: {CONFIDENCE_LOSSES}")
     deltas, confidence = raw[..., :4], torch.sigmoid(raw[..., 4])
@@ -219,19 +255,13 @@ def squeezedet_loss(raw: torch.Tensor, anchors: torch.Tensor, gt_boxes: list[tor
         positive[b, chosen] = True
         conf_target[b, chosen] = overlap
         objects += len(boxes)
-    normaliser = max(objects, 1)
-    bbox_loss = LAMBDA_BBOX * bbox_sum / normaliser
     if confidence_loss == "l2":
         per_anchor = (confidence - conf_target) ** 2
     else:
         per_anchor = nn.functional.binary_cross_entropy_with_logits(raw[..., 4], conf_target, reduction="none")
-    negatives = max(int((~positive).sum()), 1)
-    conf_positive = LAMBDA_CONF_POSITIVE * per_anchor[positive].sum() / normaliser
-    # SqueezeDet divides the negative term by the number of negative anchors in the batch.
-    conf_negative = LAMBDA_CONF_NEGATIVE * per_anchor[~positive].sum() / negatives
-    total = bbox_loss + conf_positive + conf_negative
-    return total, {"total": float(total.detach()), "bbox": float(bbox_loss.detach()),
-                   "conf_positive": float(conf_positive.detach()), "conf_negative": float(conf_negative.detach())}
+    return LossSums(bbox=bbox_sum, conf_positive=per_anchor[positive].sum(),
+                    conf_negative=per_anchor[~positive].sum(), objects=objects,
+                    negatives=int((~positive).sum()))
 
 
 def postprocess(boxes: torch.Tensor, scores: torch.Tensor, confidence_threshold: float,

@@ -12,6 +12,7 @@ from protocol import processes
 from protocol.cli import run_main
 from protocol.datacheck import BadFile
 from protocol.fileio import atomic_write_json
+from refiner_daemon.common.distributed import context_from_env
 from refiner_daemon.detector.config import ConfigError, DetectorConfig
 from refiner_daemon.detector.data import load_samples
 from refiner_daemon.detector.training import train_detector
@@ -32,6 +33,12 @@ examples:
 
   # everything from a JSON config (DetectorConfig fields), print it and stop
   python -m refiner_daemon.detector.train --config det.json --dry-run
+
+  # several processes (GPUs, or CPU processes over gloo): torchrun starts one per GPU; each
+  # trains on --batch-size images, so the global batch is --batch-size x --nproc_per_node
+  torchrun --standalone --nproc_per_node 4 -m refiner_daemon.detector.train --config det.json
+  # the same without the torchrun script: python -m torch.distributed.run --standalone ...
+  # continue it after a stop: the same command with --resume (same number of processes)
 
 Writes config.json, best.pt (best validation F1), last.pt (resume with --resume),
 history.json and tensorboard/ into --out. Then evaluate with
@@ -56,6 +63,8 @@ def build_config(args: argparse.Namespace) -> DetectorConfig:
         data["augment"] = False
     if args.resume:
         data["resume"] = True
+    if args.no_sync_batchnorm:
+        data["sync_batchnorm"] = False
     return DetectorConfig.from_dict(data)
 
 
@@ -100,12 +109,16 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--input-size", type=int, help="square network input in pixels (default 448)")
     parser.add_argument("--anchors", type=int, help="anchor shapes per cell, by k-means (default 9)")
     parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--batch-size", type=int,
+                        help="images per step and process (global batch: this x torchrun's --nproc_per_node)")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--no-augment", action="store_true", help="no rotation, flips or jitter")
     parser.add_argument("--resume", action="store_true", help="continue from last.pt in --out")
+    parser.add_argument("--no-sync-batchnorm", action="store_true",
+                        help="under torchrun: BatchNorm statistics per process instead of over the "
+                             "global batch (faster on the CPU, not equivalent to one process)")
     parser.add_argument("--dry-run", action="store_true", help="print the validated config and stop")
     parser.add_argument("--skip-bad", action="store_true",
                         help="leave out unreadable, truncated or missing images instead of stopping; "
@@ -118,8 +131,9 @@ def _main(argv: list[str]) -> int:
     if args.dry_run:
         print(json.dumps(config.to_dict(), indent=2))
         return 0
+    main = context_from_env().is_main  # under torchrun only rank 0 writes and reports
     bad = check_datasets(config, skip_bad=args.skip_bad)
-    if bad:
+    if bad and main:
         report: dict[str, Any] = {"skipped_bad_files_count": len(bad),
                                   "skipped_bad_files": [b.to_dict() for b in bad]}
         atomic_write_json(Path(config.out_dir) / "data_check.json", report)
@@ -128,6 +142,8 @@ def _main(argv: list[str]) -> int:
     # A stop signal ends training after the current step with last.pt saved (--resume goes on
     # from it); the command then exits with 128 + the signal number. A second signal: at once.
     best, signum = processes.run_until_stopped("detector-train", lambda should_stop: train_detector(config, should_stop=should_stop))
+    if not main:
+        return 0 if signum is None else 128 + signum
     if signum is not None:
         print(f"training stopped; state saved in {config.out_dir}; rerun with --resume to continue",
               file=sys.stderr)

@@ -5,6 +5,14 @@ with the confidence threshold chosen there, and the checkpoint with the best val
 Run folder (``cfg.out_dir``): ``config.json``, ``best.pt`` (best validation F1, with its epoch
 and threshold), ``last.pt`` (for ``resume``: weights, optimiser, schedule, history),
 ``history.json`` (per-epoch loss and validation scores), ``tensorboard/``.
+
+Under ``torchrun`` (:mod:`refiner_daemon.common.distributed`) every process trains on its share
+of each global batch of ``batch_size x world size`` images, in the order a single process with
+that batch size would see them; the loss is normalised by the counts of the whole global batch,
+so the averaged gradients are those of the single-process step. Only rank 0 validates and
+writes files. BatchNorm statistics are those of the global batch too (``nn.SyncBatchNorm`` on
+CUDA, :class:`refiner_daemon.common.distributed.ProcessGroupBatchNorm` on the CPU) unless
+``sync_batchnorm`` is false.
 """
 
 from __future__ import annotations
@@ -23,6 +31,12 @@ from tqdm import tqdm
 from protocol.fileio import atomic_write_json
 from refiner_daemon.common.checkpoints import load_checkpoint
 from refiner_daemon.common.devices import resolve_device
+from refiner_daemon.common.distributed import (
+    DistributedContext,
+    session,
+    shard_slice,
+    synchronise_batchnorm,
+)
 from refiner_daemon.detector.anchors import kmeans_anchor_shapes
 from refiner_daemon.detector.config import DetectorConfig
 from refiner_daemon.detector.data import (
@@ -34,7 +48,12 @@ from refiner_daemon.detector.data import (
 )
 from refiner_daemon.detector.evaluate import collect_detections
 from refiner_daemon.detector.metrics import choose_confidence_threshold
-from refiner_daemon.detector.model import HeadDetector, save_checkpoint, squeezedet_loss
+from refiner_daemon.detector.model import (
+    HeadDetector,
+    save_checkpoint,
+    squeezedet_loss,
+    squeezedet_loss_sums,
+)
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -70,14 +89,23 @@ def train_detector(cfg: DetectorConfig, *, on_progress: ProgressCallback | None 
     ``on_progress`` receives ``{"step", "total_steps", "epoch", "losses", "eta_s"}`` after each
     step and ``{"step", "total_steps", "epoch", "val": {...}}`` after each validation; ``should_stop`` is polled after
     each step and ends training early (the state is saved, so ``resume=True`` continues).
+
+    Under ``torchrun`` this is one process of the group (see the module docstring); every
+    process returns the same path.
     """
+    with session(resolve_device(cfg.device)) as (dist, device):
+        return _train(cfg, dist, device, on_progress, should_stop)
+
+
+def _train(cfg: DetectorConfig, dist: DistributedContext, device: torch.device,
+           on_progress: ProgressCallback | None, should_stop: Callable[[], bool] | None) -> Path:
     out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "config.json", cfg.to_dict())
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / "config.json", cfg.to_dict())
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
 
     train_samples = [s for spec in cfg.train for s in load_samples(spec, cfg.head_box_scale)]
     val_samples = [s for spec in cfg.val for s in load_samples(spec, cfg.head_box_scale)]
@@ -94,8 +122,13 @@ def train_detector(cfg: DetectorConfig, *, on_progress: ProgressCallback | None 
     else:
         anchor_shapes = training_anchor_shapes(train_samples, cfg.input_size, cfg.num_anchors, cfg.seed)
     model = HeadDetector(cfg.backbone, anchor_shapes, cfg.input_size, cfg.pretrained, cfg.weights).to(device)
+    if dist.enabled and cfg.sync_batchnorm:
+        # BatchNorm statistics of the whole global batch, as one process would compute them.
+        model = synchronise_batchnorm(model, device)
+    train_model = dist.wrap(model, device)  # forward/backward through DDP; save `model`
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    global_batch = cfg.batch_size * dist.world_size
+    steps_per_epoch = math.ceil(len(train_set) / global_batch)
     epochs = epochs_for(cfg, steps_per_epoch)
     total_steps = steps_per_epoch * epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -103,6 +136,11 @@ def train_detector(cfg: DetectorConfig, *, on_progress: ProgressCallback | None 
 
     start_epoch, best_f1, history = 0, -1.0, []
     if resume_state is not None:
+        saved_world = int(resume_state.get("world_size", 1))
+        if saved_world != dist.world_size:
+            raise ValueError(f"cannot resume {last_path}: it was trained by {saved_world} process(es) "
+                             f"(global batch {cfg.batch_size * saved_world}), now {dist.world_size}; "
+                             f"relaunch with {saved_world} process(es) or start a new out_dir")
         model.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
@@ -110,21 +148,31 @@ def train_detector(cfg: DetectorConfig, *, on_progress: ProgressCallback | None 
         best_f1 = float(resume_state["best_f1"])
         history = list(resume_state["history"])
 
-    writer = _tensorboard_writer(out_dir) if cfg.tensorboard else None
+    writer = _tensorboard_writer(out_dir) if cfg.tensorboard and dist.is_main else None
     step = start_epoch * steps_per_epoch
     started, steps_this_run = time.monotonic(), 0
     stopped = False
     for epoch in range(start_epoch, epochs):
         train_set.epoch = epoch
-        loader = torch.utils.data.DataLoader(
-            train_set, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, num_workers=0,
-            generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        loader: Any
+        if dist.enabled:
+            loader = _shard_loader(train_set, global_batch, generator, dist)
+        else:
+            loader = torch.utils.data.DataLoader(
+                train_set, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, num_workers=0,
+                generator=generator)
         model.train()
         epoch_losses: list[dict[str, float]] = []
-        for images, boxes in tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-                                  disable=on_progress is not None):
-            raw, anchors = model.forward_raw(images.to(device))
-            loss, parts = squeezedet_loss(raw, anchors, boxes, cfg.confidence_loss)
+        for item in tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+                         disable=on_progress is not None or not dist.is_main):
+            if dist.enabled:
+                images, boxes, weight = item
+                loss, parts = _distributed_loss(train_model, images.to(device), boxes, weight, cfg, dist)
+            else:
+                images, boxes = item
+                raw, anchors = model.forward_raw(images.to(device))
+                loss, parts = squeezedet_loss(raw, anchors, boxes, cfg.confidence_loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -140,11 +188,13 @@ def train_detector(cfg: DetectorConfig, *, on_progress: ProgressCallback | None 
                 rate = (time.monotonic() - started) / steps_this_run
                 on_progress({"step": step, "total_steps": total_steps, "epoch": epoch + 1, "losses": parts,
                              "eta_s": rate * (total_steps - step)})
-            if should_stop is not None and should_stop():
+            if dist.any(should_stop is not None and should_stop()):
                 stopped = True
                 break
         if stopped:
             break
+        if not dist.is_main:
+            continue  # rank 0 validates and writes; the others wait for it in the next all-reduce
 
         detections = collect_detections(model, val_set, cfg.batch_size, device, cfg.nms_iou, cfg.max_detections)
         threshold, counts = choose_confidence_threshold(detections, cfg.iou_threshold)
@@ -163,18 +213,53 @@ def train_detector(cfg: DetectorConfig, *, on_progress: ProgressCallback | None 
                             confidence_threshold=threshold, val=record["val"])
         save_checkpoint(last_path, model, config=cfg.to_dict(), epoch=epoch + 1, epochs_completed=epoch + 1,
                         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                        best_f1=best_f1, history=history)
+                        best_f1=best_f1, history=history, **_world_record(dist))
         atomic_write_json(out_dir / "history.json", history)
 
     if writer is not None:
         writer.close()
-    if not best_path.exists():
-        if not last_path.exists():
-            save_checkpoint(last_path, model, config=cfg.to_dict(), epoch=0, epochs_completed=0,
-                            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                            best_f1=best_f1, history=history)
-        return last_path
-    return best_path
+    if dist.is_main and not best_path.exists() and not last_path.exists():
+        save_checkpoint(last_path, model, config=cfg.to_dict(), epoch=0, epochs_completed=0,
+                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                        best_f1=best_f1, history=history, **_world_record(dist))
+    dist.barrier()  # the other ranks look for rank 0's files only once it has written them
+    return best_path if best_path.exists() else last_path
+
+
+def _world_record(dist: DistributedContext) -> dict[str, int]:
+    # Only distributed checkpoints carry it (an absent key means one process), so a
+    # single-process last.pt stays byte for byte what it was.
+    return {"world_size": dist.world_size} if dist.enabled else {}
+
+
+def _shard_loader(dataset: HeadDataset, global_batch: int, generator: torch.Generator,
+                  dist: DistributedContext) -> Any:
+    """This rank's share of each global batch, as (images, boxes, weight). The global batches are
+    the index lists a single-process DataLoader with ``batch_size=global_batch`` and the same
+    generator draws, so together the ranks see exactly what that process would. A rank whose
+    share of a short last batch is empty gets the batch's first image with weight 0 (it must
+    still take part in the gradient all-reduce)."""
+    index_batches = torch.utils.data.DataLoader(range(len(dataset)), batch_size=global_batch,
+                                                shuffle=True, generator=generator, collate_fn=list)
+    for indices in index_batches:
+        lo, hi = shard_slice(len(indices), dist.rank, dist.world_size)
+        mine, weight = (indices[lo:hi], 1.0) if hi > lo else (indices[:1], 0.0)
+        images, boxes = collate([dataset[i] for i in mine])
+        yield images, boxes, weight
+
+
+def _distributed_loss(train_model: torch.nn.Module, images: torch.Tensor, boxes: list[torch.Tensor],
+                      weight: float, cfg: DetectorConfig, dist: DistributedContext
+                      ) -> tuple[torch.Tensor, dict[str, float]]:
+    """This rank's loss, normalised by the object and negative-anchor counts of the whole global
+    batch and multiplied by the world size, so DDP's gradient average is the gradient of the
+    global batch's loss; the returned parts are the global batch's loss values."""
+    raw, anchors = train_model(images, raw=True)
+    sums = squeezedet_loss_sums(raw, anchors, boxes, cfg.confidence_loss)
+    objects, negatives = dist.sum_ints([round(sums.objects * weight), round(sums.negatives * weight)])
+    loss, parts = squeezedet_loss(raw, anchors, boxes, cfg.confidence_loss, normalisers=(objects, negatives))
+    parts = dist.sum_floats({k: v * weight for k, v in parts.items()})
+    return loss * (weight * dist.world_size), parts
 
 
 def _load_resume_state(path: Path) -> dict[str, Any]:

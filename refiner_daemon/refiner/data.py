@@ -89,10 +89,17 @@ class UnpairedBatches:
 
     An epoch is ``min(|X|, |Y|) // batch_size`` steps (at least one), following §3.5.1's
     "epochs counted over min(|cS|, |cR|)".
+
+    In distributed training ``batch_size`` is the global batch and :meth:`batch` returns only
+    process ``rank``'s contiguous share of it (``world_size`` shares), so the processes together
+    see exactly the batches of one process with that batch size.
     """
 
     def __init__(self, x: CropFolder, y: CropFolder, *, batch_size: int, seed: int,
-                 flip: bool = True) -> None:
+                 flip: bool = True, rank: int = 0, world_size: int = 1) -> None:
+        if batch_size % world_size:
+            raise ValueError(f"global batch {batch_size} does not split evenly over {world_size} "
+                             "processes; make it per-process batch x number of processes")
         if min(len(x), len(y)) < batch_size:
             raise ValueError(f"batch_size {batch_size} is larger than the smaller domain "
                              f"({len(x)} synthetic, {len(y)} real crops); lower batch_size")
@@ -100,6 +107,7 @@ class UnpairedBatches:
         self.batch_size = batch_size
         self.seed = seed
         self.flip = flip
+        self.rank, self.world_size = rank, world_size
         self.steps_per_epoch = max(1, min(len(x), len(y)) // batch_size)
         self._orders: dict[int, tuple[list[int], list[bool], list[int], list[bool]]] = {}
 
@@ -118,6 +126,8 @@ class UnpairedBatches:
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, within = divmod(step, self.steps_per_epoch)
         x_perm, x_flip, y_perm, y_flip = self._order(epoch)
-        lo, hi = within * self.batch_size, (within + 1) * self.batch_size
+        share = self.batch_size // self.world_size
+        lo = within * self.batch_size + self.rank * share
+        hi = lo + share
         return (self.x.batch(x_perm[lo:hi], x_flip[lo:hi]),
                 self.y.batch(y_perm[lo:hi], y_flip[lo:hi]))

@@ -42,6 +42,13 @@ examples:
   # override one loss weight of a preset and the perceptual layers
   ... --preset C_CPCF --loss-weight cycle_feature=2e-5 --feature-layers pool2 pool4
 
+  # several processes (GPUs, or CPU processes over gloo): one per GPU; each trains on
+  # --batch-size crops, so the global batch is --batch-size x --nproc_per_node; only rank 0
+  # writes; --resume continues with the same number of processes
+  torchrun --standalone --nproc_per_node 4 -m refiner_daemon.refiner.train --run-dir runs/ccp \
+      --synthetic S --real R --preset C_CP+S --batch-size 4
+  # the same without the torchrun script: python -m torch.distributed.run --standalone ...
+
 outputs in --run-dir: config.json, checkpoints/latest.pt, tensorboard/ (tensorboard --logdir),
 refiner.pt (the generator; load with refiner_daemon.refiner.inference.Refiner.load).
 presets (thesis Table 3.2): """ + ", ".join(sorted(PRESETS))
@@ -96,7 +103,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     model.add_argument("--tau", type=float, help="AGGAN foreground threshold (default 0.1)")
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=int, help="epochs over min(|S|, |R|) (default 160)")
-    train.add_argument("--batch-size", type=int, help="default 1")
+    train.add_argument("--batch-size", type=int,
+                       help="crops per step and process (default 1; under torchrun the global "
+                            "batch is this x --nproc_per_node)")
     train.add_argument("--crop-size", type=_crop_size,
                        help="HEIGHTxWIDTH (default 128x128, the crop dataset's default)")
     train.add_argument("--lr", type=float, help="Adam learning rate (default 2e-4)")
@@ -159,12 +168,14 @@ CROP_FOLDER_FIELDS = ("synthetic_dir", "real_dir", "val_synthetic_dir", "val_rea
 CHECKED_INPUTS_DIR = "checked_inputs"
 
 
-def check_crop_folders(cfg: Any, *, skip_bad: bool = False) -> tuple[Any, dict[str, Any]]:
+def check_crop_folders(cfg: Any, *, skip_bad: bool = False, write: bool = True) -> tuple[Any, dict[str, Any]]:
     """Check every crop of the config's crop folders before training starts
     (``protocol.datacheck``). A bad crop raises ``BadDataError`` naming it; with ``skip_bad``
     each folder with bad crops is replaced by ``<run_dir>/checked_inputs/<field>/`` holding
     links to its good crops. Returns the (possibly changed) config and a report
-    ``{field: {"folder", "checked", "skipped_bad_files": [...]}}``."""
+    ``{field: {"folder", "checked", "skipped_bad_files": [...]}}``. ``write=False`` (the
+    processes other than rank 0 under torchrun) returns the same config without building the
+    link folders; training waits for rank 0 before it reads them."""
     from refiner_daemon.refiner.data import list_crop_files
 
     data = cfg.to_dict()
@@ -181,7 +192,8 @@ def check_crop_folders(cfg: Any, *, skip_bad: bool = False) -> tuple[Any, dict[s
             if not good:
                 raise ValueError(f"every crop in {folder} is bad (first: {bad[0].reason}, "
                                  f"{bad[0].path}); regenerate the crop folder")
-            data[name] = str(_good_crop_view(Path(cfg.run_dir) / CHECKED_INPUTS_DIR / name, good))
+            view = Path(cfg.run_dir) / CHECKED_INPUTS_DIR / name
+            data[name] = str(_good_crop_view(view, good) if write else view)
     return (type(cfg).from_dict(data) if data != cfg.to_dict() else cfg), report
 
 
@@ -208,9 +220,12 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    cfg, report = check_crop_folders(cfg, skip_bad=bool(getattr(args, "skip_bad", False)))
+    from refiner_daemon.common.distributed import context_from_env
+
+    main = context_from_env().is_main  # under torchrun only rank 0 writes and reports
+    cfg, report = check_crop_folders(cfg, skip_bad=bool(getattr(args, "skip_bad", False)), write=main)
     skipped = [b for entry in report.values() for b in entry["skipped_bad_files"]]
-    if skipped:
+    if skipped and main:
         from protocol.fileio import atomic_write_json
 
         atomic_write_json(Path(cfg.run_dir) / "data_check.json",
@@ -222,6 +237,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     # A stop signal ends training after the current step, with a checkpoint (--resume goes on
     # from it); the command then exits with 128 + the signal number. A second signal: at once.
     path, signum = processes.run_until_stopped("train-refiner", lambda should_stop: train_refiner(cfg, should_stop=should_stop))
+    if not main:
+        return 0 if signum is None else 128 + signum
     if signum is not None:
         print(f"training stopped; state saved in {cfg.run_dir}; rerun with --resume to continue",
               file=sys.stderr)

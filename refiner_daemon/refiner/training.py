@@ -8,6 +8,15 @@ writes the generator file that :class:`refiner_daemon.refiner.inference.Refiner`
 
 Domains: X is synthetic crops, Y is real crops; G: X -> Y is the refiner, F: Y -> X its
 inverse; D_X and D_Y are the discriminators; A_X and A_Y are AGGAN's attention networks.
+
+Under ``torchrun`` (:mod:`refiner_daemon.common.distributed`) each process trains on its share
+of every global batch of ``batch_size x world size`` crops (the batches one process with that
+batch size would draw), the networks are wrapped in DistributedDataParallel so gradients are
+averaged, logged losses are averaged over the processes, and only rank 0 writes files. Every
+loss except the mean-feature term is a mean over images, so the averaged gradients equal the
+single-process ones; InstanceNorm is per image. What differs: the mean-feature term compares
+each process's own batch mean; each process keeps its own image pool (``pool_size`` each, seeded
+per rank), and a resumed run starts every process from rank 0's pool.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from torch import nn
 from protocol.fileio import atomic_write_json
 from refiner_daemon.common.checkpoints import load_checkpoint
 from refiner_daemon.common.devices import resolve_device
+from refiner_daemon.common.distributed import DistributedContext, session
 from refiner_daemon.refiner import losses as L
 from refiner_daemon.refiner.data import CropFolder, UnpairedBatches
 from refiner_daemon.refiner.image_pool import ImagePool
@@ -268,9 +278,11 @@ class RefinerTrainer:
 
     def __init__(self, cfg: RefinerConfig, *, steps_per_epoch: int,
                  device: torch.device | None = None,
-                 extractor: FeatureExtractor | None = None) -> None:
+                 extractor: FeatureExtractor | None = None,
+                 dist: DistributedContext | None = None) -> None:
         self.cfg = cfg
         self.device = device or resolve_device(cfg.device)
+        self.dist = dist or DistributedContext()
         self.weights = cfg.weights()
         self.spec = cfg.model_spec()
         self.steps_per_epoch = steps_per_epoch
@@ -293,6 +305,12 @@ class RefinerTrainer:
                                       n_strided=cfg.disc_strided)
         for net in self.networks().values():
             net.to(self.device, memory_format=self.memory_format)
+        # What the training step calls where gradients must be averaged over processes: the
+        # DDP wrappers (the networks themselves in one process). Frozen networks (D in the
+        # generator step, A after the switch) are called unwrapped: DDP would wait for
+        # gradients that never come.
+        self.train_nets = {name: self.dist.wrap(net, self.device)
+                           for name, net in self.networks().items()}
 
         self.extractor = extractor
         if self.extractor is None and self.weights.uses_perceptual():
@@ -318,8 +336,10 @@ class RefinerTrainer:
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: self.lr_factor(step))
                            for name, opt in self.optimizers.items()}
-        self.pool_fake_x = ImagePool(cfg.pool_size, seed=cfg.seed * 2 + 1)
-        self.pool_fake_y = ImagePool(cfg.pool_size, seed=cfg.seed * 2 + 2)
+        # Rank 0 draws what a single process draws; the others their own streams.
+        pool_seed = cfg.seed * 2 + 1_000_003 * self.dist.rank
+        self.pool_fake_x = ImagePool(cfg.pool_size, seed=pool_seed + 1)
+        self.pool_fake_y = ImagePool(cfg.pool_size, seed=pool_seed + 2)
 
     # -- small helpers
 
@@ -425,10 +445,14 @@ class RefinerTrainer:
         return composite(raw, source, att), raw, att
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> dict[str, Any]:
-        fake_y, raw_y, att_x = self.translate(self.G, self.A_X, x)
-        rec_x, _, _ = self.translate(self.F, self.A_Y, fake_y)
-        fake_x, raw_x, att_y = self.translate(self.F, self.A_Y, y)
-        rec_y, _, _ = self.translate(self.G, self.A_X, fake_x)
+        G, F = self.train_nets["G"], self.train_nets["F"]
+        A_X, A_Y = self.A_X, self.A_Y
+        if self.attention_trainable(epoch):
+            A_X, A_Y = self.train_nets["A_X"], self.train_nets["A_Y"]
+        fake_y, raw_y, att_x = self.translate(G, A_X, x)
+        rec_x, _, _ = self.translate(F, A_Y, fake_y)
+        fake_x, raw_x, att_y = self.translate(F, A_Y, y)
+        rec_y, _, _ = self.translate(G, A_X, fake_x)
         out = {"x": x, "y": y, "fake_y": fake_y, "rec_x": rec_x, "fake_x": fake_x, "rec_y": rec_y,
                    "att_x": att_x, "att_y": att_y}
         # What the discriminators see: whole images, or after AGGAN's switch, the thresholded
@@ -532,8 +556,8 @@ class RefinerTrainer:
         fake_y = self.pool_fake_y.query(o["d_fake_y"].detach())
         fake_x = self.pool_fake_x.query(o["d_fake_x"].detach())
         with self.autocast():
-            loss_d_y = self._discriminator_loss(self.D_Y, o["d_real_y"].detach(), fake_y)
-            loss_d_x = self._discriminator_loss(self.D_X, o["d_real_x"].detach(), fake_x)
+            loss_d_y = self._discriminator_loss(self.train_nets["D_Y"], o["d_real_y"].detach(), fake_y)
+            loss_d_x = self._discriminator_loss(self.train_nets["D_X"], o["d_real_x"].detach(), fake_x)
         (loss_d_x + loss_d_y).backward()
         self.optimizers["D"].step()
         return {"D_X": float(loss_d_x.detach()), "D_Y": float(loss_d_y.detach())}
@@ -770,16 +794,34 @@ def train_refiner(cfg: RefinerConfig, *, on_progress: Callable[[dict[str, Any]],
     if ckpt_path.exists() and not cfg.resume:
         raise FileExistsError(f"{run_dir} already holds a training run; pass resume=True "
                               "(--resume) to continue it or choose a new run_dir")
+    with session(resolve_device(cfg.device)) as (dist, device):
+        return _train(cfg, dist, device, on_progress, should_stop)
+
+
+def _train(cfg: RefinerConfig, dist: DistributedContext, device: torch.device,
+           on_progress: Callable[[dict[str, Any]], None] | None,
+           should_stop: Callable[[], bool] | None) -> Path:
+    run_dir = Path(cfg.run_dir)
+    ckpt_path = run_dir / "checkpoints" / "latest.pt"
+    main = dist.is_main  # the one process that writes files
+    # Rank 0 may have just built the inputs (the CLI's --skip-bad link folders): read after it.
+    dist.barrier()
     synthetic = CropFolder(cfg.synthetic_dir, tuple(cfg.crop_size), channels=cfg.channels)
     real = CropFolder(cfg.real_dir, tuple(cfg.crop_size), channels=cfg.channels)
-    batches = UnpairedBatches(synthetic, real, batch_size=cfg.batch_size, seed=cfg.seed,
-                              flip=cfg.flip)
-    trainer = RefinerTrainer(cfg, steps_per_epoch=batches.steps_per_epoch)
+    batches = UnpairedBatches(synthetic, real, batch_size=cfg.batch_size * dist.world_size,
+                              seed=cfg.seed, flip=cfg.flip, rank=dist.rank,
+                              world_size=dist.world_size)
+    trainer = RefinerTrainer(cfg, steps_per_epoch=batches.steps_per_epoch, device=device, dist=dist)
     total = trainer.total_steps
     start = 0
     if cfg.resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, map_location=trainer.device, what="training checkpoint")
         _check_resume_compatible(state["config"], cfg)
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != dist.world_size:
+            raise ValueError(f"cannot resume: {ckpt_path} was trained by {saved_world} process(es) "
+                             f"(global batch {cfg.batch_size * saved_world}), now "
+                             f"{dist.world_size}; relaunch with {saved_world} or start a new run_dir")
         if state["perceptual"] != describe(trainer.extractor):
             # e.g. "auto" now finds VGG16 weights where the run started with MobileNetV2.
             raise ValueError(f"cannot resume: the run used perceptual extractor "
@@ -799,14 +841,17 @@ def train_refiner(cfg: RefinerConfig, *, on_progress: Callable[[dict[str, Any]],
               "feature_calibration": trainer.feature_calibration,
               "steps_per_epoch": batches.steps_per_epoch,
               "total_steps": total, "device_used": str(trainer.device), "amp_used": trainer.amp}
-    atomic_write_json(run_dir / "config.json", record)
+    if dist.enabled:
+        record.update(world_size=dist.world_size, global_batch_size=cfg.batch_size * dist.world_size)
     loss_log = run_dir / "losses.jsonl"
-    kept = _rewrite_log_upto(loss_log, start)
-    loss_log.write_text("".join(json.dumps(e) + "\n" for e in kept))
+    if main:
+        atomic_write_json(run_dir / "config.json", record)
+        kept = _rewrite_log_upto(loss_log, start)
+        loss_log.write_text("".join(json.dumps(e) + "\n" for e in kept))
 
     validator = None
     validation: dict[str, Any] | None = None
-    if cfg.val_synthetic_dir is not None and cfg.val_real_dir is not None:
+    if main and cfg.val_synthetic_dir is not None and cfg.val_real_dir is not None:
         from refiner_daemon.refiner.validation import FEATURE_SPACE, Validator
         validator = Validator(cfg.val_synthetic_dir, cfg.val_real_dir,
                               crop_size=tuple(cfg.crop_size), max_crops=cfg.val_max_crops,
@@ -824,12 +869,16 @@ def train_refiner(cfg: RefinerConfig, *, on_progress: Callable[[dict[str, Any]],
                 "model": validation["best"]["model"], "stale": True}
 
     writer = None
-    if cfg.tensorboard:
+    if cfg.tensorboard and main:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start)
 
     def save(step: int) -> None:
-        atomic_torch_save(trainer.state_dict(step), ckpt_path)
+        if main:
+            state = trainer.state_dict(step)
+            if dist.enabled:  # a resume must use the same number of processes (global batch)
+                state["world_size"] = dist.world_size
+            atomic_torch_save(state, ckpt_path)
 
     def validate(step: int) -> None:
         assert validator is not None and validation is not None
@@ -859,11 +908,13 @@ def train_refiner(cfg: RefinerConfig, *, on_progress: Callable[[dict[str, Any]],
     step = start
     try:
         from tqdm import tqdm
-        with tqdm(total=total, initial=start, disable=not cfg.progress, unit="step",
+        with tqdm(total=total, initial=start, disable=not (cfg.progress and main), unit="step",
                   desc=f"refiner {cfg.preset}") as bar:
             while step < stop_at:
                 x, y = batches.batch(step)
                 losses = trainer.train_step(x, y, step)
+                if dist.enabled:
+                    losses = _mean_over_processes(losses, dist)
                 step += 1
                 bar.update(1)
                 if not all(math.isfinite(v) for v in losses.values()):
@@ -871,7 +922,7 @@ def train_refiner(cfg: RefinerConfig, *, on_progress: Callable[[dict[str, Any]],
                     raise FloatingPointError(f"non-finite loss at step {step}: {losses}; lower lr "
                                              "or disable amp, then --resume from the last "
                                              "checkpoint")
-                if step % cfg.log_every == 0 or step == 1:
+                if main and (step % cfg.log_every == 0 or step == 1):
                     with loss_log.open("a") as handle:
                         handle.write(json.dumps({"step": step, "losses": losses}) + "\n")
                 if writer is not None and (step % cfg.log_every == 0 or step == 1):
@@ -890,7 +941,7 @@ def train_refiner(cfg: RefinerConfig, *, on_progress: Callable[[dict[str, Any]],
                     validate(step)
                 if step % cfg.checkpoint_every == 0:
                     save(step)
-                if should_stop is not None and should_stop():
+                if dist.any(should_stop is not None and should_stop()):
                     break
         if validator is not None and step > 0:
             validate(step)
@@ -898,6 +949,10 @@ def train_refiner(cfg: RefinerConfig, *, on_progress: Callable[[dict[str, Any]],
     finally:
         if writer is not None:
             writer.close()
+    refiner_path = run_dir / "refiner.pt"
+    if not main:
+        dist.barrier()  # returns once rank 0 has exported
+        return refiner_path
     training = {**record, "step": step, "finished": step >= total}
     if validation is not None:
         training["validation_best"] = validation["best"]
@@ -906,5 +961,19 @@ def train_refiner(cfg: RefinerConfig, *, on_progress: Callable[[dict[str, Any]],
             "no non-harmful validation step; no model_best.pt" if best is None else
             f"best validation FD {best['fd']:.3f} at step {best['step']} "
             f"(unrefined S_val: {validation['raw']['fd']:.3f}) -> {best['model']}"))
-    return export_refiner(run_dir / "refiner.pt", trainer.spec, trainer.G, trainer.A_X,
+    path = export_refiner(refiner_path, trainer.spec, trainer.G, trainer.A_X,
                           name=f"{cfg.preset}@{run_dir.name}", training=training)
+    dist.barrier()
+    return path
+
+
+def _mean_over_processes(losses: dict[str, float], dist: DistributedContext) -> dict[str, float]:
+    """The losses of the global batch: each term averaged over the processes, and each term's
+    share of the generator objective recomputed from the averages (a mean of ratios is not
+    the ratio of the means)."""
+    mean = dist.mean_floats({k: v for k, v in losses.items() if not k.startswith("share/")})
+    denominator = max(abs(mean["G_total"]), 1e-12)
+    for key in losses:
+        if key.startswith("share/"):
+            mean[key] = mean["weighted/" + key[len("share/"):]] / denominator
+    return {key: mean[key] for key in losses}  # the single-process key order
