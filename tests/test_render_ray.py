@@ -152,3 +152,4 @@ def test_a_worker_killed_mid_task_is_retried_and_recorded(tmp_path: Path, victim
     assert second["attempts"] == 1 and second["failures"] == []
     assert run["retries"] == 1 and run["frames_rendered"] == 6
     assert "task 0 (frames 0..2): ok after 2 attempt(s)" in stderr
+    assert "ray engine, 2 tasks, 1 retries" in stdout
