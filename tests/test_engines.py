@@ -94,3 +94,25 @@ def test_ray_engine_without_ray_says_how_to_install_it(monkeypatch: pytest.Monke
     err = capsys.readouterr().err
     assert "--engine ray needs Ray" in err and "pip install ray==2.60.0" in err
     assert not list((tmp_path / "o" / "frames").iterdir())
+
+
+def test_readme_ray_commands_parse() -> None:
+    """Every render command in the README's "Rendering on Ray" section is accepted by the CLI's
+    parser (with placeholder values for the shell variables), so the docs cannot drift."""
+    import re
+    import shlex
+
+    from blender_addon.core.render_cli import build_parser
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("### Rendering on Ray", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```", 2)[1].replace("\\\n", " ")
+    commands = [line.split("cli_entry", 1)[1] for line in block.splitlines()
+                if line.startswith("python -m blender_addon.bl.cli_entry")]
+    assert len(commands) == 4
+    values = {"SHARED": "/data", "SLURM_CPUS_PER_TASK": "16", "SLURM_ARRAY_TASK_ID": "3",
+              "SLURM_ARRAY_TASK_COUNT": "16"}
+    parsed = [build_parser().parse_args(shlex.split(re.sub(r"\$(\w+)", lambda m: values[m.group(1)], c)))
+              for c in commands]
+    assert [a.engine for a in parsed] == ["ray", "ray", "ray", "local"]  # last: --rebuild-coco
+    assert parsed[1].address == "auto" and parsed[2].shard == "3/16" and parsed[2].ray_cpus == 16

@@ -54,10 +54,13 @@ examples:
   # machine 3 of a 16-machine job array (all write into the same --out, or merge after)
   python -m blender_addon.bl.cli_entry ... --shard 3/16
   # the same 1000 frames as Ray tasks on a local Ray instance of 8 CPUs (2 per task)
-  python -m blender_addon.bl.cli_entry --scene scenes/sample_office --count 1000 \
+  python -m blender_addon.bl.cli_entry --scene scenes/sample_office --count 1000 \\
       --seed 7 --engine ray --ray-cpus 8 --threads 2 --out out/s1000
   # ... or on an existing Ray cluster (same environment on every node, --out on a shared disk)
   python -m blender_addon.bl.cli_entry ... --engine ray --address auto
+  # a Slurm array task: a local Ray instance on its own shard (README: "Rendering on Ray")
+  python -m blender_addon.bl.cli_entry ... --engine ray --ray-cpus $SLURM_CPUS_PER_TASK \\
+      --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
   # after all shards finished: rebuild coco.json from every frame's JSON
   python -m blender_addon.bl.cli_entry --out out/s1000 --rebuild-coco
 
@@ -125,7 +128,8 @@ def build_parser(prog: str = "python -m blender_addon.bl.cli_entry") -> argparse
     run = parser.add_argument_group("how to run")
     run.add_argument("--shard", default="0/1", help="render only shard i of N (i/N, default 0/1)")
     run.add_argument("--workers", type=int, default=1,
-                     help="local worker processes (default 1; 0 renders in this process)")
+                     help="local worker processes (default 1; 0 renders in this process); "
+                          "with --engine ray, Ray's free CPUs decide how many tasks run at once")
     run.add_argument("--frames-per-worker", type=int, default=25,
                      help="a worker process exits after this many frames and a fresh one takes "
                           "over, so memory cannot creep (default 25)")
