@@ -153,3 +153,28 @@ def test_a_worker_killed_mid_task_is_retried_and_recorded(tmp_path: Path, victim
     assert run["retries"] == 1 and run["frames_rendered"] == 6
     assert "task 0 (frames 0..2): ok after 2 attempt(s)" in stderr
     assert "ray engine, 2 tasks, 1 retries" in stdout
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to find workers")
+def test_sigterm_stops_the_ray_run_and_its_workers(tmp_path: Path) -> None:
+    """The project's stop contract holds under Ray (whose own handler would exit 1 at once): a
+    SIGTERM to the command cancels every task, kills the Blender workers, exits 143."""
+    out = tmp_path / "ray"
+    driver = subprocess.Popen(_command(out, "ray", 40, "--human-backend", "proxy",
+                                       "--frames-per-worker", "20"),
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=_env(out))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and driver.poll() is None and len(_worker_pids(out)) < 2:
+        time.sleep(0.05)
+    assert len(_worker_pids(out)) == 2, "the two tasks' workers never started"
+    driver.send_signal(signal.SIGTERM)
+    _, stderr = driver.communicate(timeout=60)
+    assert driver.returncode == 143, stderr[-3000:]
+    assert "received SIGTERM; cancelling the Ray tasks; exiting with code 143" in stderr
+    for _ in range(60):  # the parent-death signal reaches Blender within moments
+        if not _worker_pids(out):
+            break
+        time.sleep(0.05)
+    assert _worker_pids(out) == []
+    assert len(list((out / "frames").glob("*.json"))) < 40

@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from blender_addon.core import batch
 from blender_addon.core.batch import BatchError
@@ -210,6 +213,39 @@ def render_task(task: int, out: str, frames: list[int], command: list[str], cwd:
     return {"task": task, "attempt": attempt, "node": socket.gethostname()}
 
 
+class DeferredStop:
+    """Stop signals noted while Ray's native calls run, raised as ``processes.Stopped`` at a
+    safe point (:meth:`check`). Raising from a Python signal handler in the middle of
+    ``ray.wait`` corrupts the call (a SystemError instead of a clean stop); a second signal
+    exits at once, like ``processes.install_stop_handlers``."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Self:
+        if threading.current_thread() is threading.main_thread():
+            for signum in processes.STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._note)
+        return self
+
+    def _note(self, signum: int, _frame: Any) -> None:
+        if self.signum is not None:
+            os._exit(128 + signum)
+        self.signum = signum
+        print(f"{self.label}: received {processes.signal_name(signum)}; cancelling the Ray tasks; "
+              f"exiting with code {128 + signum}", file=sys.stderr, flush=True)
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise processes.Stopped(self.signum)
+
+    def __exit__(self, *_exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
 class RayEngine:
     """Chunks of frames as Ray tasks: declared CPUs, retried on failure, attempts recorded."""
 
@@ -225,6 +261,10 @@ class RayEngine:
         """Join ``--address`` or start a local instance; True when this call started Ray."""
         if ray.is_initialized():
             return False  # a caller's own Ray session (e.g. a notebook): use it, leave it up
+        # ray.init installs its own native SIGTERM handler, which exits 1 at once; keep ours
+        # (protocol.processes: cancel the tasks, shut Ray down, exit 128+N) by restoring it.
+        handlers = ({s: signal.getsignal(s) for s in processes.STOP_SIGNALS}
+                    if threading.current_thread() is threading.main_thread() else {})
         try:
             if self.options.address is not None:
                 ray.init(address=self.options.address, include_dashboard=False)
@@ -244,71 +284,64 @@ class RayEngine:
             else:
                 hint = "see 'ray start --help' and Ray's logs under $RAY_TMPDIR (default /tmp/ray)"
             raise BatchError(f"could not start or join {where}: {exc}; {hint}") from exc
+        finally:
+            for signum, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(signum, handler)
         return True
 
     def run(self, out: Path, frames: Sequence[int], command: WorkerCommand,
             progress: Any = None, poll_seconds: float = 0.25) -> EngineReport:
         ray = import_ray()
         start = time.monotonic()
-        started_ray = self._connect(ray)
-        connect_seconds = time.monotonic() - start
         out = out.resolve()
-        chunks = batch.chunk_frames(frames, self.options.frames_per_worker)
-        tasks = [TaskRecord(number, chunk) for number, chunk in enumerate(chunks)]
+        tasks = [TaskRecord(number, chunk) for number, chunk
+                 in enumerate(batch.chunk_frames(frames, self.options.frames_per_worker))]
         # Workers run `python -m blender_addon...`: make the project importable wherever the
         # task lands, whatever the Ray worker's own working directory is.
         python_path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
         cwd = os.getcwd()
-        remote = ray.remote(num_cpus=self.options.threads, max_retries=self.options.max_retries,
-                            retry_exceptions=[TaskFailed])(render_task)
-        log = ray.remote(num_cpus=0)(AttemptLog).remote()
-        refs: dict[Any, TaskRecord] = {}
         done: set[int] = set()
-        try:
-            for record in tasks:
-                ref = remote.remote(record.task, str(out), record.frames, command(record.frames),
-                                    cwd, {"PYTHONPATH": python_path}, log)
-                refs[ref] = record
-            waiting = list(refs)
-            while waiting:
-                ready, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=poll_seconds)
-                for ref in ready:
-                    record = refs[ref]
-                    try:
-                        result = ray.get(ref)
-                    except ray.exceptions.RayError as exc:  # retries exhausted: frames stay missing
-                        lines = str(exc).strip().splitlines() or [""]
-                        record.status = "failed"
-                        record.failures.append(f"gave up: {type(exc).__name__}: {lines[-1]}")
-                    else:
-                        record.status, record.node = "ok", result["node"]
-                newly = [i for i in frames if i not in done and batch.frame_done(out, i)]
-                done.update(newly)
-                if progress is not None and newly:
-                    progress.update(len(newly))
-            attempts = ray.get(log.snapshot.remote())
-        except BaseException:
-            # Ctrl-C, a stop signal or an error: no task may keep rendering without us.
-            # force=True kills the Ray workers; their Blender children get the parent-death
-            # signal. Frames are written atomically, so a rerun resumes from what is on disk.
-            for ref in refs:
-                # A task that already finished cannot be cancelled; that is fine.
-                with contextlib.suppress(Exception):
-                    ray.cancel(ref, force=True)
-            raise
-        finally:
-            if started_ray:
-                ray.shutdown()
+        refs: dict[Any, TaskRecord] = {}
+        with DeferredStop("render") as stop:
+            started_ray = self._connect(ray)
+            connect_seconds = time.monotonic() - start
+            try:
+                remote = ray.remote(num_cpus=self.options.threads,
+                                    max_retries=self.options.max_retries,
+                                    retry_exceptions=[TaskFailed])(render_task)
+                log = ray.remote(num_cpus=0)(AttemptLog).remote()
+                for record in tasks:
+                    ref = remote.remote(record.task, str(out), record.frames,
+                                        command(record.frames), cwd,
+                                        {"PYTHONPATH": python_path}, log)
+                    refs[ref] = record
+                waiting = list(refs)
+                while waiting:
+                    stop.check()
+                    ready, waiting = ray.wait(waiting, num_returns=len(waiting),
+                                              timeout=poll_seconds)
+                    for ref in ready:
+                        _settle(ray, ref, refs[ref])
+                    newly = [i for i in frames if i not in done and batch.frame_done(out, i)]
+                    done.update(newly)
+                    if progress is not None and newly:
+                        progress.update(len(newly))
+                attempts = ray.get(log.snapshot.remote())
+            except BaseException:
+                # A stop signal, Ctrl-C or an error: no task may keep rendering without us.
+                # force=True kills the Ray workers; their Blender children get the parent-death
+                # signal. Frames are written atomically, so a rerun resumes from what is on disk.
+                for ref in refs:
+                    # A task that already finished cannot be cancelled; that is fine.
+                    with contextlib.suppress(Exception):
+                        ray.cancel(ref, force=True)
+                raise
+            finally:
+                if started_ray:
+                    ray.shutdown()
         for record in tasks:
-            record.attempts = int(attempts["attempts"].get(record.task, 0))
-            errors = attempts["errors"].get(record.task, {})
-            failures = []
-            for attempt in range(1, record.attempts + 1):
-                if attempt in errors:
-                    failures.append(errors[attempt])
-                elif record.status != "ok" or attempt < record.attempts:
-                    failures.append(f"attempt {attempt}: no result (the Ray worker process died)")
-            record.failures = failures + record.failures
+            _attach_attempts(record, attempts)
         settings = {"address": self.options.address or "local instance",
                     "ray_cpus": self.options.ray_cpus if self.options.address is None else None,
                     "cpus_per_task": self.options.threads,
@@ -316,6 +349,32 @@ class RayEngine:
                     "max_retries": self.options.max_retries, "ray_version": ray.__version__,
                     "connect_seconds": round(connect_seconds, 3)}
         return EngineReport(self.name, sorted(done), tasks, time.monotonic() - start, settings)
+
+
+def _settle(ray: Any, ref: Any, record: TaskRecord) -> None:
+    """Record a finished task's outcome: its result, or the error left after all retries."""
+    try:
+        result = ray.get(ref)
+    except ray.exceptions.RayError as exc:  # retries exhausted: its frames stay missing
+        lines = str(exc).strip().splitlines() or [""]
+        record.status = "failed"
+        record.failures.append(f"gave up: {type(exc).__name__}: {lines[-1]}")
+    else:
+        record.status, record.node = "ok", result["node"]
+
+
+def _attach_attempts(record: TaskRecord, log: dict[str, Any]) -> None:
+    """Fill in attempts and per-attempt failures from the AttemptLog's snapshot. An attempt
+    that checked in but left neither a result nor an error is one whose Ray worker died."""
+    record.attempts = int(log["attempts"].get(record.task, 0))
+    errors = log["errors"].get(record.task, {})
+    failures = []
+    for attempt in range(1, record.attempts + 1):
+        if attempt in errors:
+            failures.append(errors[attempt])
+        elif record.status != "ok" or attempt < record.attempts:
+            failures.append(f"attempt {attempt}: no result (the Ray worker process died)")
+    record.failures = failures + record.failures
 
 
 def _cpu_count() -> int:
