@@ -103,3 +103,34 @@ def test_ray_refine_without_models_folder_says_what_to_pass(setup: tuple[Path, P
     assert cli.main(["refine", str(dataset), str(tmp_path / "o"), "--model", "nope",
                      "--engine", "ray", "--models", str(tmp_path), "--quiet"]) == 2
     assert "nope.pt not found" in capsys.readouterr().err
+
+
+def test_an_actor_killed_mid_chunk_is_restarted_and_the_dataset_completes(
+        setup: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from refiner_daemon.refiner.ray_refine import KILL_ONCE_ENV
+
+    dataset, models, reference = setup
+    out, marker = tmp_path / "ray", tmp_path / "killed"
+    # Set before Ray starts, so the actors inherit it: the first 2-frame chunk's actor writes
+    # its first frame, then SIGKILLs itself.
+    monkeypatch.setenv(KILL_ONCE_ENV, str(marker))
+    assert cli.main(["refine", str(dataset), str(out), "--model", "tiny", "--size", str(CROP),
+                     "--engine", "ray", "--models", str(models), "--actors", "1",
+                     "--ray-cpus", "2", "--frames-per-task", "2", "--device", "cpu",
+                     "--quiet"]) == 0
+    assert marker.exists(), "the actor was never killed"
+    killed_task, killed_pid = (int(v) for v in marker.read_text().split())
+    assert killed_task == 0
+    # Every image equals the in-process run's, and nothing half-written is left behind.
+    for name in ("000000.png", "000001.png", "000002.png"):
+        assert np.array_equal(np.asarray(Image.open(out / "images" / name)),
+                              np.asarray(Image.open(reference / "images" / name))), name
+    for name in ("coco.json", "run_config.json", "frames/000001.json", "masks/000001.png"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    assert not [p for p in out.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
+    report = json.loads((out / "refine_report.json").read_text())
+    first = next(t for t in report["engine"]["tasks"] if t["task"] == 0)
+    assert first["frames"] == ["0", "1"] and first["actor_restarted"] is True
+    assert first["actor_pid"] != killed_pid
+    # The retried call found frame 0 done (written before the kill) and refined only frame 1.
+    assert report["frames_skipped_done"] == 1 and report["frames_refined"] == 2
