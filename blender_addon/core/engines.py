@@ -23,15 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
-import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
 from blender_addon.core import batch
 from blender_addon.core.batch import BatchError
@@ -213,39 +210,6 @@ def render_task(task: int, out: str, frames: list[int], command: list[str], cwd:
     return {"task": task, "attempt": attempt, "node": socket.gethostname()}
 
 
-class DeferredStop:
-    """Stop signals noted while Ray's native calls run, raised as ``processes.Stopped`` at a
-    safe point (:meth:`check`). Raising from a Python signal handler in the middle of
-    ``ray.wait`` corrupts the call (a SystemError instead of a clean stop); a second signal
-    exits at once, like ``processes.install_stop_handlers``."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> Self:
-        if threading.current_thread() is threading.main_thread():
-            for signum in processes.STOP_SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._note)
-        return self
-
-    def _note(self, signum: int, _frame: Any) -> None:
-        if self.signum is not None:
-            os._exit(128 + signum)
-        self.signum = signum
-        print(f"{self.label}: received {processes.signal_name(signum)}; cancelling the Ray tasks; "
-              f"exiting with code {128 + signum}", file=sys.stderr, flush=True)
-
-    def check(self) -> None:
-        if self.signum is not None:
-            raise processes.Stopped(self.signum)
-
-    def __exit__(self, *_exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-
-
 class RayEngine:
     """Chunks of frames as Ray tasks: declared CPUs, retried on failure, attempts recorded."""
 
@@ -261,16 +225,15 @@ class RayEngine:
         """Join ``--address`` or start a local instance; True when this call started Ray."""
         if ray.is_initialized():
             return False  # a caller's own Ray session (e.g. a notebook): use it, leave it up
-        # ray.init installs its own native SIGTERM handler, which exits 1 at once; keep ours
-        # (protocol.processes: cancel the tasks, shut Ray down, exit 128+N) by restoring it.
-        handlers = ({s: signal.getsignal(s) for s in processes.STOP_SIGNALS}
-                    if threading.current_thread() is threading.main_thread() else {})
         try:
-            if self.options.address is not None:
-                ray.init(address=self.options.address, include_dashboard=False)
-            else:
-                ray.init(num_cpus=self.options.ray_cpus or _cpu_count(), include_dashboard=False,
-                         object_store_memory=RAY_OBJECT_STORE_BYTES)
+            # ray.init installs a native SIGTERM handler that exits 1 at once; keep ours
+            # (cancel the tasks, shut Ray down, exit 128+N).
+            with processes.python_handlers_kept():
+                if self.options.address is not None:
+                    ray.init(address=self.options.address, include_dashboard=False)
+                else:
+                    ray.init(num_cpus=self.options.ray_cpus or _cpu_count(),
+                             include_dashboard=False, object_store_memory=RAY_OBJECT_STORE_BYTES)
         except Exception as exc:
             where = (f"the Ray cluster at {self.options.address!r}" if self.options.address
                      else "a local Ray instance")
@@ -284,10 +247,6 @@ class RayEngine:
             else:
                 hint = "see 'ray start --help' and Ray's logs under $RAY_TMPDIR (default /tmp/ray)"
             raise BatchError(f"could not start or join {where}: {exc}; {hint}") from exc
-        finally:
-            for signum, handler in handlers.items():
-                if handler is not None:
-                    signal.signal(signum, handler)
         return True
 
     def run(self, out: Path, frames: Sequence[int], command: WorkerCommand,
@@ -303,7 +262,8 @@ class RayEngine:
         cwd = os.getcwd()
         done: set[int] = set()
         refs: dict[Any, TaskRecord] = {}
-        with DeferredStop("render") as stop:
+        # Signals wait for a safe point: raising inside ray.wait breaks the call.
+        with processes.DeferredStop("render", "cancelling the Ray tasks") as stop:
             started_ray = self._connect(ray)
             connect_seconds = time.monotonic() - start
             try:

@@ -17,6 +17,7 @@ system. Ray is imported only when this engine runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from protocol import processes
 from refiner_daemon.refiner.batch_refine import (
     BatchRefineConfig,
     BatchRefineError,
@@ -128,11 +130,13 @@ def _connect(ray: Any, options: RayRefineOptions) -> bool:
     if ray.is_initialized():
         return False
     try:
-        if options.address is not None:
-            ray.init(address=options.address, include_dashboard=False)
-        else:
-            ray.init(num_cpus=options.ray_cpus or len(os.sched_getaffinity(0)),
-                     include_dashboard=False, object_store_memory=RAY_OBJECT_STORE_BYTES)
+        # ray.init installs a native SIGTERM handler that exits 1 at once; keep the command's.
+        with processes.python_handlers_kept():
+            if options.address is not None:
+                ray.init(address=options.address, include_dashboard=False)
+            else:
+                ray.init(num_cpus=options.ray_cpus or len(os.sched_getaffinity(0)),
+                         include_dashboard=False, object_store_memory=RAY_OBJECT_STORE_BYTES)
     except Exception as exc:
         where = f"the Ray cluster at {options.address!r}" if options.address else "a local Ray instance"
         raise BatchRefineError(f"could not start or join {where}: {exc}; check --address, or set "
@@ -191,17 +195,42 @@ def refine_dataset_ray(in_dir: str | Path, out_dir: str | Path, model_path: str 
 
 def _run_chunks(ray: Any, actors: Sequence[Any], chunks: list[list[str]],
                 progress: bool) -> list[dict[str, Any]]:
-    """Hand chunks to whichever actor is free (``ray.util.ActorPool``), with a progress bar."""
-    from ray.util import ActorPool
+    """Hand each chunk to the next free actor, with a progress bar. A stop signal is raised
+    between waits (not inside ``ray.wait``) and kills the actors before it propagates."""
     from tqdm import tqdm
 
-    pool = ActorPool(list(actors))
-    results = []
-    with tqdm(total=sum(map(len, chunks)), desc="refine", unit="frame", disable=not progress) as bar:
-        for result in pool.map_unordered(lambda actor, job: actor.refine.remote(*job),
-                                         list(enumerate(chunks))):
-            results.append(result)
-            bar.update(len(chunks[result["task"]]))
+    queue = list(enumerate(chunks))
+    free = list(actors)
+    running: dict[Any, tuple[Any, int]] = {}  # ref -> (actor, task)
+    results: list[dict[str, Any]] = []
+    with processes.DeferredStop("refine", "stopping the Ray actors") as stop, \
+            tqdm(total=sum(map(len, chunks)), desc="refine", unit="frame",
+                 disable=not progress) as bar:
+        try:
+            while queue or running:
+                while queue and free:
+                    actor, (task, chunk) = free.pop(), queue.pop(0)
+                    running[actor.refine.remote(task, chunk)] = (actor, task)
+                stop.check()
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=0.25)
+                for ref in ready:
+                    actor, task = running.pop(ref)
+                    free.append(actor)
+                    try:
+                        result = ray.get(ref)
+                    except ray.exceptions.RayError as exc:  # its retries are used up
+                        lines = str(exc).strip().splitlines() or [""]
+                        raise BatchRefineError(
+                            f"refining frames {chunks[task][0]}..{chunks[task][-1]} failed on Ray "
+                            f"({type(exc).__name__}: {lines[-1]}); rerun the same command to "
+                            "resume (finished frames are kept)") from exc
+                    results.append(result)
+                    bar.update(len(chunks[result["task"]]))
+        except BaseException:
+            for actor in actors:
+                with contextlib.suppress(Exception):
+                    ray.kill(actor, no_restart=True)
+            raise
     return results
 
 
