@@ -105,8 +105,9 @@ class RefinerActor:
                              lambda crops: self.refiner.refine(crops).images, self.config,
                              progress=False)
 
-    def sha256(self) -> str:
-        return self.refiner.sha256
+    def identify(self) -> tuple[str, int]:
+        """The loaded weights' sha256 and this actor's pid (a later pid means a restart)."""
+        return self.refiner.sha256, os.getpid()
 
     def refine(self, task: int, image_ids: list[str]) -> dict[str, Any]:
         images = [self.images[i] for i in image_ids]
@@ -118,12 +119,8 @@ class RefinerActor:
             Path(marker).write_text(f"{task} {os.getpid()}\n", encoding="utf-8")
             os.kill(os.getpid(), signal.SIGKILL)
         summary = self._refine(images)
-        import ray
-
-        context = ray.get_runtime_context()
         return {"task": task, "summary": summary.to_dict(), "node": socket.gethostname(),
-                "actor_pid": os.getpid(),
-                "actor_restarted": bool(context.was_current_actor_reconstructed)}
+                "actor_pid": os.getpid()}
 
 
 def _connect(ray: Any, options: RayRefineOptions) -> bool:
@@ -167,7 +164,9 @@ def refine_dataset_ray(in_dir: str | Path, out_dir: str | Path, model_path: str 
                                      str(model_path.resolve()), config.to_dict(), options.device,
                                      options.precision, options.cpus_per_actor)
                   for _ in range(options.actors)]
-        shas = set(ray.get([actor.sha256.remote() for actor in actors]))
+        identities = ray.get([actor.identify.remote() for actor in actors])
+        first_pids = {pid for _, pid in identities}
+        shas = {sha for sha, _ in identities}
         if len(shas) != 1:
             raise BatchRefineError(f"the actors loaded different weights from {model_path} "
                                    f"({sorted(s[:12] for s in shas)}); is the file being replaced?")
@@ -187,7 +186,9 @@ def refine_dataset_ray(in_dir: str | Path, out_dir: str | Path, model_path: str 
               "gpus_per_actor": options.gpus_per_actor, "frames_per_task": options.frames_per_task,
               "max_retries": options.max_retries, "ray_version": ray.__version__,
               "tasks": [{"task": r["task"], "frames": chunks[r["task"]], "node": r["node"],
-                         "actor_pid": r["actor_pid"], "actor_restarted": r["actor_restarted"]}
+                         "actor_pid": r["actor_pid"],
+                         # Ray restarted the actor that finished it (after its process died).
+                         "actor_restarted": r["actor_pid"] not in first_pids}
                         for r in sorted(results, key=lambda r: r["task"])]}
     close_run(run, summary, {"engine": engine})
     return summary
