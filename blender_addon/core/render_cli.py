@@ -13,11 +13,13 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from blender_addon.core import batch
 from blender_addon.core.batch import BatchConfig, BatchError
 from blender_addon.core.dataset import build_coco, contact_sheet
+from blender_addon.core.engines import ENGINES, RAY_INSTALL_HINT, EngineOptions, make_engine
 from blender_addon.core.placement import PlacementConfig, PlacementError, check_capacity
 from blender_addon.core.scene_format import SceneFormatError, load_scene
 from protocol import processes
@@ -52,11 +54,21 @@ examples:
       --seed 7 --workers 2 --out out/s1000
   # machine 3 of a 16-machine job array (all write into the same --out, or merge after)
   python -m blender_addon.bl.cli_entry ... --shard 3/16
+  # the same 1000 frames as Ray tasks on a local Ray instance of 8 CPUs (2 per task)
+  python -m blender_addon.bl.cli_entry --scene scenes/sample_office --count 1000 \\
+      --seed 7 --engine ray --ray-cpus 8 --threads 2 --out out/s1000
+  # ... or on an existing Ray cluster (same environment on every node, --out on a shared disk)
+  python -m blender_addon.bl.cli_entry ... --engine ray --address auto
+  # a Slurm array task: a local Ray instance on its own shard (README: "Rendering on Ray")
+  python -m blender_addon.bl.cli_entry ... --engine ray --ray-cpus $SLURM_CPUS_PER_TASK \\
+      --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
   # after all shards finished: rebuild coco.json from every frame's JSON
   python -m blender_addon.bl.cli_entry --out out/s1000 --rebuild-coco
 
 Rerunning an interrupted command renders only the missing frames; frame i is the same
-whichever shard, worker or attempt renders it (its seed comes from --seed and i).
+whichever shard, worker, engine or attempt renders it (its seed comes from --seed and i).
+Each invocation's engine, tasks and retries are appended to
+run_reports/render_shard-<i>-of-<N>.json in --out.
 """
 
 
@@ -124,12 +136,25 @@ def build_parser(prog: str = "python -m blender_addon.bl.cli_entry") -> argparse
     run = parser.add_argument_group("how to run")
     run.add_argument("--shard", default="0/1", help="render only shard i of N (i/N, default 0/1)")
     run.add_argument("--workers", type=int, default=1,
-                     help="local worker processes (default 1; 0 renders in this process)")
+                     help="local worker processes (default 1; 0 renders in this process); "
+                          "with --engine ray, Ray's free CPUs decide how many tasks run at once")
     run.add_argument("--frames-per-worker", type=int, default=25,
                      help="a worker process exits after this many frames and a fresh one takes "
                           "over, so memory cannot creep (default 25)")
     run.add_argument("--threads", type=int, default=0,
-                     help="Cycles threads per worker (default 0: cores / workers)")
+                     help="Cycles threads per worker (default 0: local: cores / workers; ray: 1); "
+                          "with --engine ray, the CPUs each task declares to Ray")
+    run.add_argument("--engine", default="local", choices=sorted(ENGINES),
+                     help="local: --workers processes on this machine (default); ray: each chunk "
+                          f"of --frames-per-worker frames is a Ray task, retried on failure "
+                          f"(needs '{RAY_INSTALL_HINT}')")
+    run.add_argument("--address", metavar="ADDR",
+                     help="ray: join this Ray cluster ('auto', 'HOST:6379' or 'ray://HOST:10001'); "
+                          "default: start a local Ray instance for this command")
+    run.add_argument("--ray-cpus", type=int, metavar="N",
+                     help="ray: CPUs of the local Ray instance (default: all of this machine)")
+    run.add_argument("--max-retries", type=int, default=3,
+                     help="ray: retries of a failed task (worker error or lost worker; default 3)")
     run.add_argument("--dry-run", action="store_true", help="print the validated config and exit")
     run.add_argument("--rebuild-coco", action="store_true",
                      help="only rebuild coco.json from frames/*.json in --out")
@@ -223,6 +248,17 @@ def run(argv: Sequence[str], backend: Backend) -> int:
         shard = batch.parse_shard(args.shard)
         if args.workers < 0:
             raise BatchError(f"--workers must be >= 0, got {args.workers}")
+        if args.engine != "local" and args.workers == 0:
+            raise BatchError(f"--workers 0 renders in this process, which only --engine local "
+                             f"does; drop --workers 0 to use --engine {args.engine}")
+        if args.engine == "local" and (args.address is not None or args.ray_cpus is not None):
+            raise BatchError("--address and --ray-cpus are for --engine ray; add --engine ray")
+        threads = args.threads or (1 if args.engine == "ray"
+                                   else max(1, _cpu_count() // max(1, args.workers)))
+        engine = make_engine(args.engine, EngineOptions(
+            workers=max(1, args.workers), frames_per_worker=args.frames_per_worker,
+            threads=threads, address=args.address, ray_cpus=args.ray_cpus,
+            max_retries=args.max_retries)) if args.workers > 0 else None
         if args.dry_run:
             print(json.dumps({"config": config.to_dict(), "scene": scene.to_dict(),
                               "camera": scene.camera_for(config.render.resolution).to_dict()}, indent=2))
@@ -236,23 +272,33 @@ def run(argv: Sequence[str], backend: Backend) -> int:
     pending = batch.missing_frames(out, frames)
     print(f"{out}: shard {shard[0]}/{shard[1]} has {len(frames)} frames, "
           f"{len(frames) - len(pending)} already done, {len(pending)} to render", flush=True)
-    threads = args.threads or max(1, _cpu_count() // max(1, args.workers))
     if pending:
         from tqdm import tqdm
 
         with tqdm(total=len(frames), initial=len(frames) - len(pending), unit="frame",
                   disable=args.no_progress, desc="render") as progress:
-            if args.workers == 0:
+            if engine is None:
                 processes.install_stop_handlers("render", exit_after_s=0)  # as a worker
                 backend.render_in_process(out, pending, threads)
                 progress.update(len(pending))
             else:
-                report = batch.run_worker_pool(
-                    out, pending, lambda chunk: backend.worker_command(out, chunk, threads),
-                    args.workers, args.frames_per_worker, progress)
-                for chunk, code in report.failed_workers:
-                    print(f"warning: a worker for frames {chunk[0]}..{chunk[-1]} exited with code "
-                          f"{code}", file=sys.stderr)
+                started = datetime.now(UTC).isoformat(timespec="seconds")
+                try:
+                    report = engine.run(out, pending,
+                                        lambda chunk: backend.worker_command(out, chunk, threads),
+                                        progress)
+                except BatchError as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    return 2
+                path = batch.append_run_report(out, shard, {"started": started, **report.to_dict()})
+                for task in report.tasks:
+                    if task.retries or task.status != "ok":
+                        print(f"{'warning' if task.status == 'ok' else 'error'}: task {task.task} "
+                              f"(frames {task.frames[0]}..{task.frames[-1]}): {task.status} after "
+                              f"{task.attempts} attempt(s): {'; '.join(task.failures)}",
+                              file=sys.stderr)
+                print(f"{path}: {args.engine} engine, {len(report.tasks)} tasks, "
+                      f"{report.to_dict()['retries']} retries", flush=True)
     coco = build_coco(out)
     still_missing = batch.missing_frames(out, frames)
     print(f"{out / 'coco.json'}: {len(coco['images'])} images, {len(coco['annotations'])} people")

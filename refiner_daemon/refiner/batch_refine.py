@@ -281,12 +281,21 @@ def _prepare(image: ImageAnnotations, config: BatchRefineConfig) -> _PreparedFra
     return _PreparedFrame(image, pixels, alpha, *_cut_people(pixels, image, config))
 
 
-def refine_dataset(in_dir: str | Path, out_dir: str | Path, refine_fn: RefineFn,
-                   identity: RefinerIdentity, config: BatchRefineConfig | None = None, *,
-                   progress: bool = True) -> RefineSummary:
-    """Write the refined copy of the rendered dataset ``in_dir`` to ``out_dir`` (see the
-    module docstring). Raises ``BatchRefineError`` (or ``AnnotationError`` for a dataset that
-    cannot be read) with a message that names the fix."""
+@dataclass
+class RefineRun:
+    """An output folder opened for refinement: what ``refine_images`` and ``close_run`` need."""
+
+    in_dir: Path
+    out_dir: Path
+    images: list[ImageAnnotations]
+    mask_files: dict[str, str | None]
+    record: dict[str, Any]
+    config: BatchRefineConfig
+
+
+def open_run(in_dir: str | Path, out_dir: str | Path, identity: RefinerIdentity,
+             config: BatchRefineConfig | None = None) -> RefineRun:
+    """Check the input and the output folder and write ``refiner.json`` (first run only)."""
     config = config or BatchRefineConfig()
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if not (in_dir / RENDERED_COCO_FILE).is_file():
@@ -307,9 +316,22 @@ def refine_dataset(in_dir: str | Path, out_dir: str | Path, refine_fn: RefineFn,
     out_dir.mkdir(parents=True, exist_ok=True)
     if not (out_dir / REFINER_RECORD).exists():
         atomic_write_json(out_dir / REFINER_RECORD, record)
+    return RefineRun(in_dir, out_dir, images, mask_files(in_dir), record, config)
 
+
+def mask_files(in_dir: Path) -> dict[str, str | None]:
+    """Image id (as a string) -> its mask file, from the input's coco.json."""
     coco = json.loads((in_dir / RENDERED_COCO_FILE).read_text(encoding="utf-8"))
-    mask_files = {str(entry.get("id")): entry.get("mask_file") for entry in coco["images"]}
+    return {str(entry.get("id")): entry.get("mask_file") for entry in coco["images"]}
+
+
+def refine_images(in_dir: Path, out_dir: Path, images: list[ImageAnnotations],
+                  masks: dict[str, str | None], refine_fn: RefineFn, config: BatchRefineConfig,
+                  *, progress: bool = True) -> RefineSummary:
+    """Refine ``images`` (a subset of the dataset, or all of it) into ``out_dir``: frames
+    whose refined image exists are skipped; each refined frame's image, mask and frame JSON
+    are written (atomically, the JSON last). Several callers may work on disjoint subsets of
+    one output folder at once (the Ray engine's actors); ``close_run`` finishes it."""
     summary = RefineSummary(frames_total=len(images))
     started = time.perf_counter()
 
@@ -318,7 +340,7 @@ def refine_dataset(in_dir: str | Path, out_dir: str | Path, refine_fn: RefineFn,
         as the renderer writes it, so its presence still means "this frame is complete"."""
         if encoded is not None:
             atomic_write_bytes(_relative_output(in_dir, out_dir, image.path), encoded)
-        mask_file = mask_files.get(image.image_id)
+        mask_file = masks.get(image.image_id)
         if mask_file and (in_dir / mask_file).is_file():
             _copy_file(in_dir / mask_file, out_dir / mask_file)
         for person in image.persons:
@@ -363,16 +385,36 @@ def refine_dataset(in_dir: str | Path, out_dir: str | Path, refine_fn: RefineFn,
             summary.people_skipped.extend(frame.skipped)
         if writing is not None:
             writing.result()
-    for name in DATASET_FILES:
-        if (in_dir / name).is_file():
-            _copy_file(in_dir / name, out_dir / name)
     summary.seconds = time.perf_counter() - started
-    atomic_write_json(out_dir / REPORT_FILE, {"refiner": record, **summary.to_dict()})
-    _copy_file(in_dir / RENDERED_COCO_FILE, out_dir / RENDERED_COCO_FILE)  # last: complete
+    return summary
+
+
+def close_run(run: RefineRun, summary: RefineSummary, extra: dict[str, Any] | None = None) -> None:
+    """Copy the dataset files, write ``refine_report.json`` (with ``extra``, e.g. the Ray
+    engine's tasks), then ``coco.json`` last: its presence marks the refined dataset complete."""
+    for name in DATASET_FILES:
+        if (run.in_dir / name).is_file():
+            _copy_file(run.in_dir / name, run.out_dir / name)
+    atomic_write_json(run.out_dir / REPORT_FILE,
+                      {"refiner": run.record, **summary.to_dict(), **(extra or {})})
+    _copy_file(run.in_dir / RENDERED_COCO_FILE, run.out_dir / RENDERED_COCO_FILE)
+
+
+def refine_dataset(in_dir: str | Path, out_dir: str | Path, refine_fn: RefineFn,
+                   identity: RefinerIdentity, config: BatchRefineConfig | None = None, *,
+                   progress: bool = True) -> RefineSummary:
+    """Write the refined copy of the rendered dataset ``in_dir`` to ``out_dir`` (see the
+    module docstring). Raises ``BatchRefineError`` (or ``AnnotationError`` for a dataset that
+    cannot be read) with a message that names the fix."""
+    run = open_run(in_dir, out_dir, identity, config)
+    summary = refine_images(run.in_dir, run.out_dir, run.images, run.mask_files, refine_fn,
+                            run.config, progress=progress)
+    close_run(run, summary)
     return summary
 
 
 __all__ = [
-    "AnnotationError", "BatchRefineConfig", "BatchRefineError", "RefineFn", "RefineSummary",
-    "RefinerIdentity", "refine_dataset", "refine_frame", "refiner_record",
+    "AnnotationError", "BatchRefineConfig", "BatchRefineError", "RefineFn", "RefineRun",
+    "RefineSummary", "RefinerIdentity", "close_run", "open_run", "refine_dataset", "refine_frame",
+    "refine_images", "refiner_record",
 ]

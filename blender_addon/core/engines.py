@@ -1,0 +1,351 @@
+"""Execution engines for batch rendering: who runs the worker processes that render chunks of
+frames, and how failures are retried and recorded.
+
+Both engines run exactly the same worker command (``Backend.worker_command``: one Blender
+process renders a chunk of frames of the run in ``--out`` and exits), so the engine never
+changes what a frame contains: frame ``i`` is determined by ``(config, i)`` alone, a frame is
+complete when ``frames/<i>.json`` exists (written last, atomically), and workers skip complete
+frames. What the engines differ in is where and how often that command runs:
+
+- ``local``: a pool of ``--workers`` processes on this machine (``batch.run_worker_pool``). A
+  failed chunk stays missing; rerunning the command renders it.
+- ``ray``: every chunk is a Ray task that declares ``--threads`` CPUs and is retried up to
+  ``--max-retries`` times, both when the Blender process fails and when the Ray worker itself
+  dies. The driver starts a local Ray instance (``--ray-cpus``) or joins a cluster
+  (``--address``); every node needs this project's Python environment at the same path and
+  the output folder on a shared file system, because workers write the frames themselves.
+
+Ray is imported only here, and only when the ray engine runs: the local engine works without
+Ray installed. The engines are chosen from the plain registry :data:`ENGINES`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from blender_addon.core import batch
+from blender_addon.core.batch import BatchError
+from protocol import processes
+
+RAY_PIN = "ray==2.60.0"
+RAY_INSTALL_HINT = f"pip install {RAY_PIN}"
+# The local Ray instance's shared-memory object store. Tasks return small dicts (frames travel
+# through the output folder), so a small store avoids reserving 30% of RAM as Ray would.
+RAY_OBJECT_STORE_BYTES = 128 * 1024 * 1024
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+WorkerCommand = Callable[[list[int]], list[str]]
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to run the worker commands (never what they render)."""
+
+    workers: int = 1  # local: concurrent worker processes
+    frames_per_worker: int = 25  # frames per worker process (local) or per task (ray)
+    threads: int = 1  # Cycles threads per worker; ray: CPUs each task declares
+    address: str | None = None  # ray: an existing cluster; None starts a local instance
+    ray_cpus: int | None = None  # ray: CPUs of the local instance (None: all of this machine)
+    max_retries: int = 3  # ray: retries of a task after its first attempt
+
+    def __post_init__(self) -> None:
+        if self.frames_per_worker < 1:
+            raise BatchError(f"--frames-per-worker must be >= 1, got {self.frames_per_worker}")
+        if self.threads < 1:
+            raise BatchError(f"--threads must be >= 1, got {self.threads}")
+        if self.max_retries < 0:
+            raise BatchError(f"--max-retries must be >= 0, got {self.max_retries}")
+        if self.ray_cpus is not None and self.ray_cpus < 1:
+            raise BatchError(f"--ray-cpus must be >= 1, got {self.ray_cpus}")
+
+
+@dataclass
+class TaskRecord:
+    """One chunk of frames and what happened to it (written into the run report)."""
+
+    task: int
+    frames: list[int]
+    status: str = "pending"  # ok | failed
+    attempts: int = 0
+    failures: list[str] = field(default_factory=list)  # one line per failed attempt
+    node: str | None = None  # the host whose worker finished it
+
+    @property
+    def retries(self) -> int:
+        return max(0, self.attempts - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "retries": self.retries}
+
+
+@dataclass
+class EngineReport:
+    engine: str
+    rendered: list[int]  # frames complete on disk after the run (of those it was given)
+    tasks: list[TaskRecord]
+    seconds: float
+    settings: dict[str, Any]
+
+    @property
+    def failed_tasks(self) -> list[TaskRecord]:
+        return [t for t in self.tasks if t.status != "ok"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"engine": self.engine, "settings": self.settings,
+                "seconds": round(self.seconds, 3), "frames_rendered": len(self.rendered),
+                "retries": sum(t.retries for t in self.tasks),
+                "tasks": [t.to_dict() for t in self.tasks]}
+
+
+class Engine(Protocol):
+    name: str
+
+    def run(self, out: Path, frames: Sequence[int], command: WorkerCommand,
+            progress: Any = None) -> EngineReport: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# local
+
+
+class LocalEngine:
+    """Worker processes on this machine; no retries (a rerun renders what is missing)."""
+
+    name = "local"
+
+    def __init__(self, options: EngineOptions) -> None:
+        if options.workers < 1:
+            raise BatchError(f"--workers must be >= 1 for the local engine's pool, got {options.workers}")
+        self.options = options
+
+    def run(self, out: Path, frames: Sequence[int], command: WorkerCommand,
+            progress: Any = None) -> EngineReport:
+        pool = batch.run_worker_pool(out, frames, command, self.options.workers,
+                                     self.options.frames_per_worker, progress)
+        failed = {tuple(chunk): code for chunk, code in pool.failed_workers}
+        tasks = []
+        for number, chunk in enumerate(batch.chunk_frames(frames, self.options.frames_per_worker)):
+            code = failed.get(tuple(chunk))
+            tasks.append(TaskRecord(number, chunk, "ok" if code is None else "failed", 1,
+                                    [] if code is None else [f"worker exited with code {code}"],
+                                    socket.gethostname()))
+        settings = {"workers": self.options.workers,
+                    "frames_per_worker": self.options.frames_per_worker,
+                    "threads": self.options.threads}
+        return EngineReport(self.name, pool.rendered, tasks, pool.seconds, settings)
+
+
+# ---------------------------------------------------------------------------------------------
+# ray
+
+
+def import_ray() -> Any:
+    """Ray, or a BatchError that says how to install it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise BatchError(f"--engine ray needs Ray, which is not installed ({exc}); install it with "
+                         f"'{RAY_INSTALL_HINT}', or render with --engine local") from None
+    return ray
+
+
+class TaskFailed(RuntimeError):
+    """A chunk's worker process failed; raised inside a Ray task so that Ray retries it."""
+
+
+class AttemptLog:
+    """A Ray actor (``num_cpus=0``) that counts each task's attempts and keeps their errors.
+
+    Ray does not tell the driver how often it retried a task, and an attempt whose Ray worker
+    was killed reports nothing itself; so every attempt checks in here before it starts, and
+    the attempts with neither a result nor an error are the ones whose worker died."""
+
+    def __init__(self) -> None:
+        self.attempts: dict[int, int] = {}
+        self.errors: dict[int, dict[int, str]] = {}
+
+    def start(self, task: int) -> int:
+        self.attempts[task] = self.attempts.get(task, 0) + 1
+        return self.attempts[task]
+
+    def fail(self, task: int, attempt: int, message: str) -> None:
+        self.errors.setdefault(task, {})[attempt] = message
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"attempts": dict(self.attempts), "errors": {k: dict(v) for k, v in self.errors.items()}}
+
+
+def render_task(task: int, out: str, frames: list[int], command: list[str], cwd: str | None,
+                env_overrides: dict[str, str], log: Any) -> dict[str, Any]:
+    """Body of one Ray task: run the worker command on ``frames`` and check they are complete.
+
+    Runs on a Ray worker. The Blender process is started with a parent-death signal, so when
+    Ray kills this worker (cancellation, node loss, a test's SIGKILL) Blender goes with it.
+    Any frame the chunk leaves incomplete makes the attempt fail, so Ray retries it; the retry
+    skips the frames that were completed."""
+    import ray
+
+    attempt = int(ray.get(log.start.remote(task)))
+    env = {**os.environ, **env_overrides}
+    if cwd is not None and not Path(cwd).is_dir():
+        cwd = None  # a node without the driver's folder: the PYTHONPATH override still applies
+    process = processes.popen(command, cwd=cwd, env=env)
+    try:
+        code = process.wait()
+    finally:
+        processes.stop_children(which=[process])
+    missing = batch.missing_frames(Path(out), frames)
+    if code != 0 or missing:
+        message = (f"attempt {attempt} on {socket.gethostname()}: worker exited with code {code}, "
+                   f"{len(missing)} of {len(frames)} frames incomplete")
+        ray.get(log.fail.remote(task, attempt, message))
+        raise TaskFailed(message)
+    return {"task": task, "attempt": attempt, "node": socket.gethostname()}
+
+
+class RayEngine:
+    """Chunks of frames as Ray tasks: declared CPUs, retried on failure, attempts recorded."""
+
+    name = "ray"
+
+    def __init__(self, options: EngineOptions) -> None:
+        if options.address is not None and options.ray_cpus is not None:
+            raise BatchError("--ray-cpus sizes a local Ray instance; with --address the cluster's "
+                             "own size applies (drop one of the two)")
+        self.options = options
+
+    def _connect(self, ray: Any) -> bool:
+        """Join ``--address`` or start a local instance; True when this call started Ray."""
+        if ray.is_initialized():
+            return False  # a caller's own Ray session (e.g. a notebook): use it, leave it up
+        try:
+            # ray.init installs a native SIGTERM handler that exits 1 at once; keep ours
+            # (cancel the tasks, shut Ray down, exit 128+N).
+            with processes.python_handlers_kept():
+                if self.options.address is not None:
+                    ray.init(address=self.options.address, include_dashboard=False)
+                else:
+                    ray.init(num_cpus=self.options.ray_cpus or _cpu_count(),
+                             include_dashboard=False, object_store_memory=RAY_OBJECT_STORE_BYTES)
+        except Exception as exc:
+            where = (f"the Ray cluster at {self.options.address!r}" if self.options.address
+                     else "a local Ray instance")
+            if self.options.address:
+                hint = ("check the address ('ray status' on the head node prints it; 'auto' joins "
+                        "the cluster this machine belongs to)")
+            elif "AF_UNIX" in str(exc):
+                # Ray puts its sockets under $RAY_TMPDIR, else $TMPDIR; deep folders overflow
+                # the 107-byte limit of a socket path.
+                hint = "set RAY_TMPDIR to a short folder (e.g. RAY_TMPDIR=/tmp) and rerun"
+            else:
+                hint = "see 'ray start --help' and Ray's logs under $RAY_TMPDIR (default /tmp/ray)"
+            raise BatchError(f"could not start or join {where}: {exc}; {hint}") from exc
+        return True
+
+    def run(self, out: Path, frames: Sequence[int], command: WorkerCommand,
+            progress: Any = None, poll_seconds: float = 0.25) -> EngineReport:
+        ray = import_ray()
+        start = time.monotonic()
+        out = out.resolve()
+        tasks = [TaskRecord(number, chunk) for number, chunk
+                 in enumerate(batch.chunk_frames(frames, self.options.frames_per_worker))]
+        # Workers run `python -m blender_addon...`: make the project importable wherever the
+        # task lands, whatever the Ray worker's own working directory is.
+        python_path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
+        cwd = os.getcwd()
+        done: set[int] = set()
+        refs: dict[Any, TaskRecord] = {}
+        # Signals wait for a safe point: raising inside ray.wait breaks the call.
+        with processes.DeferredStop("render", "cancelling the Ray tasks") as stop:
+            started_ray = self._connect(ray)
+            connect_seconds = time.monotonic() - start
+            try:
+                remote = ray.remote(num_cpus=self.options.threads,
+                                    max_retries=self.options.max_retries,
+                                    retry_exceptions=[TaskFailed])(render_task)
+                log = ray.remote(num_cpus=0)(AttemptLog).remote()
+                for record in tasks:
+                    ref = remote.remote(record.task, str(out), record.frames,
+                                        command(record.frames), cwd,
+                                        {"PYTHONPATH": python_path}, log)
+                    refs[ref] = record
+                waiting = list(refs)
+                while waiting:
+                    stop.check()
+                    ready, waiting = ray.wait(waiting, num_returns=len(waiting),
+                                              timeout=poll_seconds)
+                    for ref in ready:
+                        _settle(ray, ref, refs[ref])
+                    newly = [i for i in frames if i not in done and batch.frame_done(out, i)]
+                    done.update(newly)
+                    if progress is not None and newly:
+                        progress.update(len(newly))
+                attempts = ray.get(log.snapshot.remote())
+            except BaseException:
+                # A stop signal, Ctrl-C or an error: no task may keep rendering without us.
+                # force=True kills the Ray workers; their Blender children get the parent-death
+                # signal. Frames are written atomically, so a rerun resumes from what is on disk.
+                for ref in refs:
+                    # A task that already finished cannot be cancelled; that is fine.
+                    with contextlib.suppress(Exception):
+                        ray.cancel(ref, force=True)
+                raise
+            finally:
+                if started_ray:
+                    ray.shutdown()
+        for record in tasks:
+            _attach_attempts(record, attempts)
+        settings = {"address": self.options.address or "local instance",
+                    "ray_cpus": self.options.ray_cpus if self.options.address is None else None,
+                    "cpus_per_task": self.options.threads,
+                    "frames_per_task": self.options.frames_per_worker,
+                    "max_retries": self.options.max_retries, "ray_version": ray.__version__,
+                    "connect_seconds": round(connect_seconds, 3)}
+        return EngineReport(self.name, sorted(done), tasks, time.monotonic() - start, settings)
+
+
+def _settle(ray: Any, ref: Any, record: TaskRecord) -> None:
+    """Record a finished task's outcome: its result, or the error left after all retries."""
+    try:
+        result = ray.get(ref)
+    except ray.exceptions.RayError as exc:  # retries exhausted: its frames stay missing
+        lines = str(exc).strip().splitlines() or [""]
+        record.status = "failed"
+        record.failures.append(f"gave up: {type(exc).__name__}: {lines[-1]}")
+    else:
+        record.status, record.node = "ok", result["node"]
+
+
+def _attach_attempts(record: TaskRecord, log: dict[str, Any]) -> None:
+    """Fill in attempts and per-attempt failures from the AttemptLog's snapshot. An attempt
+    that checked in but left neither a result nor an error is one whose Ray worker died."""
+    record.attempts = int(log["attempts"].get(record.task, 0))
+    errors = log["errors"].get(record.task, {})
+    failures = []
+    for attempt in range(1, record.attempts + 1):
+        if attempt in errors:
+            failures.append(errors[attempt])
+        elif record.status != "ok" or attempt < record.attempts:
+            failures.append(f"attempt {attempt}: no result (the Ray worker process died)")
+    record.failures = failures + record.failures
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+ENGINES: dict[str, Callable[[EngineOptions], Engine]] = {"local": LocalEngine, "ray": RayEngine}
+
+
+def make_engine(name: str, options: EngineOptions) -> Engine:
+    """The engine called ``name``; an unknown name fails with the list of valid ones."""
+    if name not in ENGINES:
+        raise BatchError(f"unknown engine {name!r}; valid engines: {', '.join(ENGINES)}")
+    return ENGINES[name](options)
