@@ -86,6 +86,14 @@ class RenderedFrame:
         soft = self.coverage.get(instance_id)
         return soft if soft is not None else self.instance_ids == instance_id
 
+    def people_pixels(self) -> np.ndarray:
+        """Every pixel a person touches: the hard masks and any soft coverage beyond them (the
+        pixels a refined paste may change; all others are background)."""
+        touched = self.instance_ids > 0
+        for soft in self.coverage.values():
+            touched |= soft > 0
+        return touched
+
 
 def _boxes(annotation: dict[str, Any]) -> PersonBoxes:
     head_bbox = annotation.get("head_bbox")
