@@ -10,34 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from fake_render_worker import fake_backend
 
 from blender_addon.core import engines
 from blender_addon.core.batch import BatchError
-from blender_addon.core.render_cli import Backend, run
+from blender_addon.core.render_cli import run
 
 ROOT = Path(__file__).resolve().parents[1]
-
-# A fake worker that writes each frame's JSON (as a real worker does, last); fails on frame 4.
-FAKE_WORKER = """
-import json, sys, pathlib
-out, frames = pathlib.Path(sys.argv[1]), [int(f) for f in sys.argv[2].split(',')]
-for f in frames:
-    if f == 4:
-        sys.exit(3)
-    (out / 'frames' / f'{f:06d}.json').write_text(json.dumps({'index': f, 'image': 'i', 'mask': 'm',
-        'width': 8, 'height': 8, 'annotations': []}))
-"""
-
-
-def _fake_backend() -> Backend:
-    def command(out: Path, frames: list[int], threads: int) -> list[str]:
-        return [sys.executable, "-c", FAKE_WORKER, str(out), ",".join(map(str, frames))]
-
-    def in_process(out: Path, frames: list[int], threads: int) -> None:
-        raise AssertionError("not used")
-
-    return Backend(command, in_process)
-
 
 def _args(out: Path, *extra: str) -> list[str]:
     return ["--scene", str(ROOT / "scenes" / "sample_office"), "--count", "6", "--out", str(out),
@@ -48,7 +27,7 @@ def test_unknown_engine_lists_the_valid_ones(capsys: pytest.CaptureFixture[str])
     with pytest.raises(BatchError, match="unknown engine 'dask'; valid engines: local, ray"):
         engines.make_engine("dask", engines.EngineOptions())
     with pytest.raises(SystemExit):
-        run(_args(Path("unused"), "--engine", "dask"), _fake_backend())
+        run(_args(Path("unused"), "--engine", "dask"), fake_backend("always"))
     assert "invalid choice: 'dask' (choose from 'local', 'ray')" in capsys.readouterr().err
 
 
@@ -60,7 +39,7 @@ def test_unknown_engine_lists_the_valid_ones(capsys: pytest.CaptureFixture[str])
 ])
 def test_bad_engine_options_fail_with_clear_messages(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: tuple[str, ...], message: str) -> None:
-    assert run(_args(tmp_path / "o", *extra), _fake_backend()) == 2
+    assert run(_args(tmp_path / "o", *extra), fake_backend("always")) == 2
     assert message in capsys.readouterr().err
 
 
@@ -69,10 +48,11 @@ def test_local_engine_needs_no_ray_and_reports_its_tasks(tmp_path: Path) -> None
     # worker) and records per-task outcomes; the failed chunk is reported, not retried.
     out = tmp_path / "o"
     code = (
-        "import sys; sys.modules['ray'] = None\n"
-        "from tests.test_engines import _args, _fake_backend\n"
+        "import sys; sys.modules['ray'] = None; sys.path.insert(0, 'tests')\n"
+        "from test_engines import _args\n"
+        "from fake_render_worker import fake_backend\n"
         "from blender_addon.core.render_cli import run\n"
-        f"code = run(_args({str(out)!r}, '--workers', '2', '--frames-per-worker', '2'), _fake_backend())\n"
+        f"code = run(_args({str(out)!r}, '--workers', '2', '--frames-per-worker', '2'), fake_backend('always'))\n"
         "assert 'ray' not in sys.modules or sys.modules['ray'] is None\n"
         "raise SystemExit(code)\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
@@ -90,7 +70,7 @@ def test_local_engine_needs_no_ray_and_reports_its_tasks(tmp_path: Path) -> None
 def test_ray_engine_without_ray_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
-    assert run(_args(tmp_path / "o", "--engine", "ray"), _fake_backend()) == 2
+    assert run(_args(tmp_path / "o", "--engine", "ray"), fake_backend("always")) == 2
     err = capsys.readouterr().err
     assert "--engine ray needs Ray" in err and "pip install ray==2.60.0" in err
     assert not list((tmp_path / "o" / "frames").iterdir())

@@ -4,42 +4,18 @@ pool (recycling, failures, progress) and resume bookkeeping, with a fake rendere
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from fake_render_worker import fake_backend
 
 from blender_addon.core import batch
 from blender_addon.core.batch import BatchConfig, BatchError, RenderSettings
-from blender_addon.core.render_cli import Backend, run
+from blender_addon.core.render_cli import run
 from blender_addon.core.scene_format import load_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = str(ROOT / "scenes" / "sample_office")
-
-# A fake worker: writes each frame's JSON (as a real worker would, last), or fails on frame 4.
-FAKE_WORKER = """
-import json, sys, pathlib
-out, frames = pathlib.Path(sys.argv[1]), [int(f) for f in sys.argv[2].split(',')]
-log = out / 'chunks.log'
-log.write_text(log.read_text() + sys.argv[2] + '\\n' if log.exists() else sys.argv[2] + '\\n')
-for f in frames:
-    if f == 4 and (out / 'fail_on_4').exists():
-        sys.exit(3)
-    (out / 'frames' / f'{f:06d}.json').write_text(json.dumps({'index': f, 'image': 'i', 'mask': 'm',
-        'width': 8, 'height': 8, 'annotations': []}))
-"""
-
-
-def _fake_backend() -> Backend:
-    def command(out: Path, frames: list[int], threads: int) -> list[str]:
-        return [sys.executable, "-c", FAKE_WORKER, str(out), ",".join(map(str, frames))]
-
-    def in_process(out: Path, frames: list[int], threads: int) -> None:
-        raise AssertionError("not used")
-
-    return Backend(command, in_process)
-
 
 def _args(out: Path, *extra: str) -> list[str]:
     return ["--scene", SCENE, "--count", "7", "--out", str(out), "--no-progress", *extra]
@@ -56,12 +32,12 @@ def test_bad_requests_fail_with_clear_messages(tmp_path: Path, capsys: pytest.Ca
         (["--count", "2", "--out", str(tmp_path / "o")], "--scene is required"),
     ]
     for argv, message in cases:
-        assert run(argv, _fake_backend()) == 2
+        assert run(argv, fake_backend()) == 2
         assert message in capsys.readouterr().err
 
 
 def test_dry_run_prints_the_validated_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(_args(tmp_path / "o", "--preset", "fast", "--samples", "9", "--dry-run"), _fake_backend()) == 0
+    assert run(_args(tmp_path / "o", "--preset", "fast", "--samples", "9", "--dry-run"), fake_backend()) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["config"]["render"]["samples"] == 9
     assert printed["config"]["render"]["resolution"] == 512
@@ -74,7 +50,7 @@ def test_pool_recycles_workers_and_resume_renders_only_missing(tmp_path: Path,
     out = tmp_path / "o"
     out.mkdir()
     (out / "fail_on_4").touch()
-    assert run(_args(out, "--workers", "2", "--frames-per-worker", "3"), _fake_backend()) == 1
+    assert run(_args(out, "--workers", "2", "--frames-per-worker", "3"), fake_backend()) == 1
     err = capsys.readouterr().err
     assert "exited with code 3" in err and "rerun the same command" in err
     chunks = (out / "chunks.log").read_text().split()
@@ -83,7 +59,7 @@ def test_pool_recycles_workers_and_resume_renders_only_missing(tmp_path: Path,
                                                                         "000003", "000006"]
     (out / "fail_on_4").unlink()
     (out / "chunks.log").unlink()
-    assert run(_args(out, "--workers", "2", "--frames-per-worker", "3"), _fake_backend()) == 0
+    assert run(_args(out, "--workers", "2", "--frames-per-worker", "3"), fake_backend()) == 0
     assert (out / "chunks.log").read_text().split() == ["4,5"]
     coco = json.loads((out / "coco.json").read_text())
     assert [im["id"] for im in coco["images"]] == list(range(7))
@@ -92,12 +68,12 @@ def test_pool_recycles_workers_and_resume_renders_only_missing(tmp_path: Path,
 
 def test_a_run_folder_refuses_a_different_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "o"
-    assert run(_args(out, "--shard", "1/3"), _fake_backend()) == 0
+    assert run(_args(out, "--shard", "1/3"), fake_backend()) == 0
     assert sorted(p.stem for p in (out / "frames").glob("*.json")) == ["000001", "000004"]
-    assert run(_args(out, "--seed", "5"), _fake_backend()) == 2
+    assert run(_args(out, "--seed", "5"), fake_backend()) == 2
     assert "differs in: seed" in capsys.readouterr().err
     # Other shards and worker counts are the same run.
-    assert run(_args(out, "--shard", "0/3", "--workers", "3"), _fake_backend()) == 0
+    assert run(_args(out, "--shard", "0/3", "--workers", "3"), fake_backend()) == 0
 
 
 def test_shards_partition_the_frames() -> None:
@@ -136,14 +112,14 @@ def test_assets_flag_is_resolved_into_the_run_config(tmp_path: Path, capsys: pyt
     from blender_addon.core import garments
 
     monkeypatch.delenv(garments.ENV_VAR, raising=False)
-    assert run(_args(tmp_path / "o", "--assets", str(tmp_path)), _fake_backend()) == 2
+    assert run(_args(tmp_path / "o", "--assets", str(tmp_path)), fake_backend()) == 2
     assert "is not a MakeHuman asset folder" in capsys.readouterr().err
-    assert run(_args(tmp_path / "o", "--no-assets", "--dry-run"), _fake_backend()) == 0
+    assert run(_args(tmp_path / "o", "--no-assets", "--dry-run"), fake_backend()) == 0
     assert json.loads(capsys.readouterr().out)["config"]["assets"] is None
     fake = tmp_path / "assets"
     (fake / "base" / "clothes").mkdir(parents=True)
     monkeypatch.setenv(garments.ENV_VAR, str(fake))
-    assert run(_args(tmp_path / "o", "--dry-run"), _fake_backend()) == 0
+    assert run(_args(tmp_path / "o", "--dry-run"), fake_backend()) == 0
     assert json.loads(capsys.readouterr().out)["config"]["assets"] == str(fake.resolve())
     with pytest.raises(BatchError, match="not a MakeHuman asset folder"):
         BatchConfig(scene=SCENE, count=1, assets=str(tmp_path / "nowhere"))

@@ -64,7 +64,7 @@ def _assert_same_dataset(got: Path, want: Path, count: int) -> None:
         assert json.loads((got / "frames" / f"{name}.json").read_text()) == \
             json.loads((want / "frames" / f"{name}.json").read_text())
     assert json.loads((got / "coco.json").read_text()) == json.loads((want / "coco.json").read_text())
-    # Nothing half-written is left behind (atomic writes leave ".name.XXXX.tmp" when cut short).
+    # Nothing half-written is left behind (atomic writes leave ".<name>.<random>.tmp" when cut short).
     assert not [p for p in got.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
 
 
