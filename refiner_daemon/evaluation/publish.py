@@ -17,7 +17,6 @@ import argparse
 import hashlib
 import json
 import re
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -86,8 +85,7 @@ def publish(run_dir: str | Path, docs_dir: str | Path, max_mb: float = DEFAULT_M
     atomic_write_json(docs_dir / "models" / "index.json", index)
     atomic_write_json(docs_dir / "results.json", results)
     if (run_dir / "tables.md").is_file():
-        shutil.copyfile(run_dir / "tables.md", docs_dir / ".tables.md.tmp")
-        (docs_dir / ".tables.md.tmp").replace(docs_dir / "tables.md")
+        atomic_write_bytes(docs_dir / "tables.md", (run_dir / "tables.md").read_bytes())
     return index
 
 
