@@ -23,7 +23,7 @@ import bpy
 import numpy as np
 
 from blender_addon.bl import scene_build
-from blender_addon.core import batch, dataset, soft_masks
+from blender_addon.core import batch, camera_sensor, dataset, soft_masks
 from blender_addon.core.batch import BatchConfig, FrameRecipe, PersonRecipe
 from blender_addon.core.lighting import LightingRig
 from blender_addon.core.scene_format import SceneSpec, load_scene
@@ -247,7 +247,6 @@ class FrameRenderer:
         main = passes[scene_build.MAIN_LAYER]
         combined = self._crop(main["Combined"])
         catcher = self._crop(main["Shadow Catcher"]) if "Shadow Catcher" in main else None
-        image = dataset.composite_over_photo(combined, catcher, self.photo)
         valid_ids = {p.recipe.pass_index for p in people}
         ids = np.rint(self._crop(main["Object Index"])).astype(np.int64)
         ids[~np.isin(ids, list(valid_ids))] = 0
@@ -268,6 +267,16 @@ class FrameRenderer:
             path = coverage_file.soft_mask_path(name, annotation["instance_id"])
             annotation["soft_mask"] = path
             soft_files[path] = coverage[annotation["instance_id"]]
+        image = dataset.composite_over_photo(combined, catcher, self.photo)
+        sensor = None
+        if self.config.sensor is not None:
+            # The real camera's look, on every person (hidden ones too) and nothing else.
+            covered = (ids > 0).astype(np.float64)
+            for person_coverage in coverage.values():
+                covered = np.maximum(covered, person_coverage)
+            sensor = camera_sensor.SensorRecipe.sample(
+                camera_sensor.SensorProfile.from_dict(self.config.sensor), recipe.seed)
+            image = camera_sensor.apply_sensor(image, covered, sensor, recipe.seed)
         record = {
             "index": index,
             "frame": name,
@@ -290,6 +299,7 @@ class FrameRenderer:
                 # The lights people were rendered under (the recipe's sun is not used).
                 "lighting_rig": self._lighting_rig(recipe).to_dict(),
                 "people": [p.record for p in people],
+                "sensor": sensor.to_dict() if sensor is not None else None,
                 "versions": batch.versions(),
             },
         }

@@ -111,6 +111,9 @@ class BatchConfig:
     head_radius_m: float = 0.11
     # MakeHuman asset folder (fitted garments, shoes, hats, hair); None = painted clothing.
     assets: str | None = None
+    # The real camera's look for the rendered people (a camera_sensor profile, kept in the run
+    # config so that every worker applies the same); None = the render as Cycles made it.
+    sensor: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.count < 1:
@@ -126,6 +129,13 @@ class BatchConfig:
                              "inside it); see ../shared/data/README.md, or render without assets")
         if not 0.02 <= self.head_radius_m <= 0.3:
             raise BatchError(f"head_radius_m must be in [0.02, 0.3], got {self.head_radius_m}")
+        if self.sensor is not None:
+            from blender_addon.core.camera_sensor import SensorProfile
+
+            try:
+                SensorProfile.from_dict(self.sensor)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise BatchError(f"sensor: not a valid camera_sensor profile ({exc})") from exc
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

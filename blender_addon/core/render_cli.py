@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from blender_addon.core import batch
 from blender_addon.core.batch import BatchConfig, BatchError
@@ -126,6 +127,11 @@ def build_parser(prog: str = "python -m blender_addon.bl.cli_entry") -> argparse
                          help="OpenImageDenoise on/off")
     quality.add_argument("--motion-blur", type=float, help="shutter in frames (0 = off)")
     quality.add_argument("--device", choices=batch.DEVICES, help="Cycles device (default auto: GPU when present)")
+    quality.add_argument("--sensor", metavar="PROFILE",
+                         help="give the people the real camera's look (white balance, exposure, "
+                              "vignetting, blur, noise, JPEG): a profile from 'python -m "
+                              "blender_addon.core.camera_sensor measure REAL_FRAMES --out PROFILE', or "
+                              "'photo' to measure the scene's photo (default: off)")
     masks = quality.add_mutually_exclusive_group()
     masks.add_argument("--mask-mode", choices=MASK_MODES,
                        help="soft (default): also write each person's anti-aliased coverage PNG "
@@ -189,7 +195,21 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         assets = str(root.resolve()) if root is not None else None
     return BatchConfig(scene=str(args.scene), count=args.count, seed=args.seed, preset=args.preset,
                        render=render, placement=placement, human_backend=args.human_backend,
-                       pose_library=args.pose_library, assets=assets)
+                       pose_library=args.pose_library, assets=assets,
+                       sensor=_sensor_profile(getattr(args, "sensor", None), args.scene))
+
+
+def _sensor_profile(choice: str | None, scene: str) -> dict[str, Any] | None:
+    """``--sensor``: None (off), 'photo' (measured on the scene's photo) or a profile file."""
+    if choice is None:
+        return None
+    from blender_addon.core import camera_sensor
+
+    if choice == "photo":
+        from blender_addon.core.scene_format import load_scene
+
+        return camera_sensor.measure_profile([load_scene(scene).photo_path]).to_dict()
+    return camera_sensor.SensorProfile.load(choice).to_dict()
 
 
 @dataclass

@@ -1,0 +1,159 @@
+"""Compare finished pipeline runs that differ in one input, such as the rendered set S, its
+scene or the code that drew its people, arm by arm and paired by seed.
+
+Each run is a pipeline ``out_dir`` given a label (``before=out/experiments/realism/before``).
+The runs must have tested on the same R_test frames. For one arm (``S`` by default) the
+comparison reports:
+
+- each run's F1 over its detector seeds: the mean, the sample std and the 95 % frame-bootstrap
+  interval (:func:`statistics.summarise_arm`);
+- the paired difference of each run against the baseline, with detectors matched by seed and
+  bootstrapped on the same resampled test frames for both (:func:`statistics.paired_difference`);
+- the run's person-crop and whole-frame FD and KID to R_test, where it measured them.
+
+Per-frame counts come from each detector's ``test.json`` next to its checkpoint, so the
+comparison needs the run folders, not only their ``results.json``.
+
+    python -m refiner_daemon.evaluation.compare before=out/experiments/realism/before \\
+        after=out/experiments/realism/after --baseline before --out docs/experiments/realism
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from protocol.cli import CliError, run_main
+from protocol.fileio import atomic_write_json, atomic_write_text
+from refiner_daemon.evaluation.statistics import (
+    RunCounts,
+    frame_resamples,
+    paired_difference,
+    summarise_arm,
+)
+
+GAP_KEYS = ("fd_person", "kid_person", "fd_frame", "kid_frame")
+
+
+def load_run(out_dir: Path, arm: str) -> tuple[dict[str, Any], list[RunCounts]]:
+    """A finished pipeline run's ``results.json`` and the per-frame counts of ``arm``'s detectors."""
+    results_path = out_dir / "results.json"
+    if not results_path.is_file():
+        raise CliError(f"{results_path} not found: run the pipeline to the end first "
+                       "(python -m refiner_daemon.evaluation.pipeline --config CONFIG)")
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    runs = results.get("runs", {}).get(arm)
+    if not runs:
+        raise CliError(f"{out_dir} has no arm {arm!r}; its arms: {sorted(results.get('runs', {}))}")
+    counts = []
+    for run in runs:
+        detail = Path(run["checkpoint"]).parent / "test.json"
+        if not detail.is_file():
+            raise CliError(f"{detail} is missing: the per-frame counts of {arm!r} seed {run['seed']} "
+                           "live next to its checkpoint; compare from the folder the pipeline ran in")
+        tested = json.loads(detail.read_text(encoding="utf-8"))
+        counts.append(RunCounts.from_per_image(tested["seed"], tested.get("refiner_seed"), tested["per_image"]))
+    return results, counts
+
+
+def compare(runs: dict[str, Path], baseline: str, arm: str = "S", seed: int = 0) -> dict[str, Any]:
+    """The comparison of ``arm`` across ``runs`` (label -> pipeline out_dir) against ``baseline``."""
+    if baseline not in runs:
+        raise CliError(f"baseline {baseline!r} is not one of the runs {sorted(runs)}")
+    loaded = {label: load_run(path, arm) for label, path in runs.items()}
+    test_frames = {label: results["real_split"]["test"] for label, (results, _) in loaded.items()}
+    reference = test_frames[baseline]
+    for label, frames in test_frames.items():
+        if frames != reference:
+            raise CliError(f"{label!r} tested on {frames}, {baseline!r} on {reference}: runs compare "
+                           "only on the same R_test; use one real_split in every config")
+    resamples = frame_resamples(len(reference), seed=seed)
+    rows = []
+    for label, (results, counts) in loaded.items():
+        gap = ((results.get("gap") or {}).get("sets") or {}).get("S") if arm == "S" else None
+        rows.append({"label": label, "out_dir": str(runs[label]), "synthetic": results.get("synthetic"),
+                     "train_images": results["runs"][arm][0].get("train_images"),
+                     "test": summarise_arm(counts, resamples),
+                     "gap_to_r_test": {k: gap[k] for k in GAP_KEYS if k in gap} if gap else None})
+    paired = [{"a": label, "b": baseline,
+               **paired_difference(loaded[label][1], loaded[baseline][1], resamples)}
+              for label in runs if label != baseline]
+    return {"arm": arm, "baseline": baseline, "test_frames": reference, "rows": rows, "paired": paired,
+            "statistics": ("f1_std: sample std over detector seeds; f1_ci95: 95% percentile bootstrap over "
+                           f"the {len(reference)} test frames; paired: detectors matched by seed, the same "
+                           "resampled frames for both runs")}
+
+
+def render_markdown(comparison: dict[str, Any]) -> str:
+    """The comparison as two Markdown tables: each run, then each run minus the baseline."""
+    arm, baseline = comparison["arm"], comparison["baseline"]
+    lines = [f"# Arm {arm} across runs", "",
+             f"Test frames: {', '.join(comparison['test_frames'])}.", "",
+             ("| run | train images | F1 mean ± std (seeds) | 95% CI (frames) | precision | recall "
+              "| person FD | person KID | frame FD |"),
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in comparison["rows"]:
+        test, gap = row["test"], row["gap_to_r_test"] or {}
+        low, high = test["f1_ci95"]
+        lines.append(
+            f"| {row['label']} | {row['train_images']} | {test['f1_mean']:.3f} ± {test['f1_std']:.3f} "
+            f"| [{low:.3f}, {high:.3f}] | {test['precision_mean']:.3f} | {test['recall_mean']:.3f} "
+            + " | ".join(f"{gap[k]:.3f}" if k in gap else "-" for k in ("fd_person", "kid_person", "fd_frame"))
+            + " |")
+    lines += ["", f"## Paired differences against {baseline} (detectors matched by seed)", "",
+              "| a - b | pairs | mean F1 difference | 95% CI (frames) | share of pairs a better |",
+              "| --- | --- | --- | --- | --- |"]
+    for pair in comparison["paired"]:
+        low, high = pair["f1_diff_ci95"]
+        lines.append(f"| {pair['a']} - {pair['b']} | {pair['pairs']} | {pair['f1_diff_mean']:+.3f} "
+                     f"| [{low:+.3f}, {high:+.3f}] | {pair['share_of_pairs_a_better']:.2f} |")
+    return "\n".join(lines + ["", comparison["statistics"] + ".", ""])
+
+
+def _labelled(text: str) -> tuple[str, Path]:
+    label, sep, path = text.partition("=")
+    if not sep or not label or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: give each run as LABEL=OUT_DIR")
+    return label, Path(path)
+
+
+def _main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m refiner_daemon.evaluation.compare",
+        description="Compare one detector arm across finished pipeline runs that differ in one input "
+                    "(for example S rendered before and after a change): F1 with seed spread and "
+                    "frame-bootstrap intervals, paired differences against a baseline, and the gap "
+                    "to R_test.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""example:
+  python -m refiner_daemon.evaluation.compare before=out/experiments/realism/before \\
+      after=out/experiments/realism/after office=out/experiments/realism/office \\
+      --baseline before --out docs/experiments/realism""")
+    parser.add_argument("runs", nargs="+", type=_labelled, metavar="LABEL=OUT_DIR",
+                        help="a finished pipeline run (its out_dir) and the label it gets in the tables")
+    parser.add_argument("--baseline", help="the label the others are compared against (default: the first)")
+    parser.add_argument("--arm", default="S", help="the detector arm to compare (default S)")
+    parser.add_argument("--out", type=Path, help="write compare.json and compare.md here")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the frame bootstrap (default 0)")
+    args = parser.parse_args(argv)
+    runs = dict(args.runs)
+    if len(runs) != len(args.runs):
+        raise CliError("each run needs its own label")
+    comparison = compare(runs, args.baseline or args.runs[0][0], args.arm, args.seed)
+    markdown = render_markdown(comparison)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(args.out / "compare.json", comparison)
+        atomic_write_text(args.out / "compare.md", markdown)
+    print(markdown, end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(_main, argv, prog="compare")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

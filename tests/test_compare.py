@@ -1,0 +1,85 @@
+"""Comparing one arm across finished pipeline runs: per-frame counts read back from each
+detector's test.json, F1 and paired differences computed from them, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from protocol.cli import CliError
+from refiner_daemon.evaluation.compare import compare, main, render_markdown
+
+FRAMES = ["a.jpg", "b.jpg"]
+
+
+def make_run(root: Path, label: str, counts_by_seed: dict[int, list[tuple[int, int, int]]],
+             test_frames: list[str] = FRAMES) -> Path:
+    """A pipeline out_dir as the pipeline leaves it: results.json, and a test.json beside each
+    detector checkpoint with the per-frame counts."""
+    out = root / label
+    runs = []
+    for seed, counts in counts_by_seed.items():
+        folder = out / "detectors" / f"S_rNone_d{seed}"
+        folder.mkdir(parents=True)
+        per_image = [{"image": frame, "true_positives": tp, "false_positives": fp, "false_negatives": fn}
+                     for frame, (tp, fp, fn) in zip(test_frames, counts, strict=True)]
+        record = {"experiment": "S", "seed": seed, "refiner_seed": None, "f1": 0.0, "per_image": per_image}
+        (folder / "test.json").write_text(json.dumps(record))
+        runs.append({"experiment": "S", "seed": seed, "refiner_seed": None, "train_images": 10,
+                     "checkpoint": str(folder / "best.pt"), "f1": 0.0})
+    results = {"real_split": {"test": test_frames}, "synthetic": f"out/{label}", "runs": {"S": runs},
+               "gap": {"sets": {"S": {"fd_person": 100.0 if label == "base" else 80.0, "kid_person": 0.05,
+                                      "fd_frame": 40.0, "kid_frame": 0.2}}}}
+    (out / "results.json").write_text(json.dumps(results))
+    return out
+
+
+def test_compare_pairs_detectors_by_seed_and_reports_f1_from_frame_counts(tmp_path: Path) -> None:
+    # base: seed 0 tp3 fp1 fn1 -> F1 0.75; seed 1 tp1 fp1 fn2 -> 0.4
+    base = make_run(tmp_path, "base", {0: [(1, 1, 1), (2, 0, 0)], 1: [(0, 0, 2), (1, 1, 0)]})
+    # new: seed 0 tp4 -> 1.0; seed 1 tp2 fn1 -> 0.8
+    new = make_run(tmp_path, "new", {0: [(2, 0, 0), (2, 0, 0)], 1: [(1, 0, 1), (1, 0, 0)]})
+    result = compare({"base": base, "new": new}, baseline="base")
+    rows = {row["label"]: row for row in result["rows"]}
+    assert rows["base"]["test"]["f1_runs"] == [0.75, 0.4]
+    assert rows["new"]["test"]["f1_mean"] == pytest.approx(0.9)
+    assert rows["new"]["gap_to_r_test"]["fd_person"] == 80.0
+    (pair,) = result["paired"]
+    assert (pair["a"], pair["b"], pair["pairs"]) == ("new", "base", 2)
+    assert pair["f1_diff_mean"] == pytest.approx(0.325)
+    assert pair["share_of_pairs_a_better"] == 1.0
+    # new is at least as good as base on every resample of the frames, so the interval is >= 0
+    low, high = pair["f1_diff_ci95"]
+    assert 0.0 <= low < high <= 1.0
+    markdown = render_markdown(result)
+    assert "| new - base | 2 | +0.325 |" in markdown
+    assert "| base | 10 | 0.575 ± 0.247 |" in markdown
+
+
+def test_compare_cli_writes_json_and_markdown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = make_run(tmp_path, "base", {0: [(1, 0, 1), (1, 0, 1)]})
+    new = make_run(tmp_path, "new", {0: [(2, 0, 0), (1, 0, 1)]})
+    assert main([f"base={base}", f"new={new}", "--out", str(tmp_path / "docs")]) == 0
+    written = json.loads((tmp_path / "docs" / "compare.json").read_text())
+    assert written["baseline"] == "base" and written["paired"][0]["f1_diff_mean"] > 0
+    assert (tmp_path / "docs" / "compare.md").read_text() in capsys.readouterr().out
+
+
+def test_compare_refuses_runs_tested_on_other_frames(tmp_path: Path) -> None:
+    base = make_run(tmp_path, "base", {0: [(1, 0, 0), (1, 0, 0)]})
+    other = make_run(tmp_path, "other", {0: [(1, 0, 0), (1, 0, 0)]}, test_frames=["a.jpg", "c.jpg"])
+    with pytest.raises(CliError, match="same R_test"):
+        compare({"base": base, "other": other}, baseline="base")
+
+
+def test_compare_names_missing_arm_and_missing_counts(tmp_path: Path) -> None:
+    base = make_run(tmp_path, "base", {0: [(1, 0, 0), (1, 0, 0)]})
+    with pytest.raises(CliError, match="no arm 'R_train'.*'S'"):
+        compare({"base": base}, baseline="base", arm="R_train")
+    (base / "detectors" / "S_rNone_d0" / "test.json").unlink()
+    with pytest.raises(CliError, match="test.json is missing"):
+        compare({"base": base}, baseline="base")
+    with pytest.raises(CliError, match="baseline 'x'"):
+        compare({"base": base}, baseline="x")
