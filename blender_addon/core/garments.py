@@ -59,8 +59,9 @@ def default_assets_root() -> Path:
 
 
 def find_assets_root(explicit: str | os.PathLike | None = None) -> Path | None:
-    """The asset folder to use: explicit path, then $FISHEYE_SYNTH_MAKEHUMAN_ASSETS, then the
-    shared data folder; None when none exists (people then wear painted clothing).
+    """The asset folder to use: explicit path, then $FISHEYE_SYNTH_MAKEHUMAN_ASSETS, then where
+    ``fetch-assets`` installs, then the shared data folder; None when none exists (people then
+    wear painted clothing).
 
     An explicit path or environment variable that does not exist is an error, so a typo does
     not silently give painted clothes.
@@ -72,7 +73,9 @@ def find_assets_root(explicit: str | os.PathLike | None = None) -> Path | None:
                 raise AssetError(f"{source} {value!r} is not a MakeHuman asset folder "
                                  "(expected base/clothes and base/hair inside it)")
             return root
-    return _normalise_root(default_assets_root())
+    from blender_addon.core.fetch_assets import default_install_dir
+
+    return _normalise_root(default_install_dir()) or _normalise_root(default_assets_root())
 
 
 def _normalise_root(path: Path) -> Path | None:
