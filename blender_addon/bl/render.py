@@ -1,7 +1,7 @@
 """Renders annotated frames of a scene in Cycles (the Blender side of ``core.batch``).
 
 ``FrameRenderer(scene, config)`` builds the static part once per worker process (Cycles
-settings, fisheye camera, shadow-catcher floor, furniture holdouts); ``render_frame(i)``
+settings, fisheye camera, shadow-catcher floor, furniture proxies); ``render_frame(i)``
 then, for frame i: draws its recipe, adds the people (each in its own collection, with its
 instance id as ``pass_index``), lights the room, animates a small shift for motion blur,
 adds one 1-sample view layer per person (their unoccluded silhouettes), renders everything
@@ -110,7 +110,7 @@ class FrameRenderer:
             self.camera.width, self.camera.height)
         scene_build.add_fisheye_camera(self.camera)
         scene_build.add_shadow_catcher_polygons(self.scene.floor_polygons)
-        scene_build.add_furniture_holdouts(self.scene.furniture)
+        scene_build.add_furniture_proxies(self.scene.furniture)
         bpy.context.scene.render.fps = FPS
         bpy.context.preferences.edit.keyframe_new_interpolation_type = "LINEAR"
         self.photo = dataset.load_photo_linear(self.scene.photo_path, (self.camera.width, self.camera.height))

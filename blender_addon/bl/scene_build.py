@@ -1,7 +1,7 @@
 """Builds the static Blender scene a frame is rendered in, from pure-Python descriptions.
 
 Read top to bottom: reset, render settings, fisheye camera, shadow-catcher floor (the annotated
-floor region), furniture holdouts, lights (an indoor rig of area lights, or a sun), then ``render_layers`` renders and reads every view layer's passes back
+floor region), furniture proxies (shadow-catching holdouts), lights (an indoor rig of area lights, or a sun), then ``render_layers`` renders and reads every view layer's passes back
 from a multilayer EXR into numpy. People are added per frame by ``blender_addon.bl.render``.
 """
 
@@ -227,19 +227,26 @@ def add_shadow_catcher_polygons(polygons: Sequence[Sequence[Sequence[float]]]) -
     return floor
 
 
-def add_furniture_holdouts(furniture: Iterable[object]) -> bpy.types.Collection:
-    """Furniture proxies as holdouts: they hide what is behind them and show the photo.
+def add_furniture_proxies(furniture: Iterable[object], catch_shadows: bool = True) -> bpy.types.Collection:
+    """Furniture proxies (those marked ``holdout``) as shadow catchers: like holdouts they hide
+    the people behind them and show the photo, and they also catch the people's shadows, so a
+    table top darkens under an arm or a head as the floor does (the composite multiplies the
+    photo by the Shadow Catcher pass everywhere).
 
-    They cast no shadows: the photo already has the furniture's own shadows.
+    They cast no shadows: the photo already has the furniture's own. ``catch_shadows=False``
+    makes plain holdouts (where rough proxies would put shadows in the wrong place).
     """
     collection = bpy.data.collections.new(FURNITURE_COLLECTION)
     bpy.context.scene.collection.children.link(collection)
     for item in furniture:
         if not item.holdout:
             continue
+        # The name keeps its "holdout_" prefix: Cryptomatte hashes names, and soft masks and
+        # their tests key on them.
         obj = add_box(f"holdout_{item.name}", item.center, item.size, item.yaw_deg,
                       collection=collection)
-        obj.is_holdout = True
+        obj.is_shadow_catcher = catch_shadows
+        obj.is_holdout = not catch_shadows
         obj.visible_shadow = False
         obj.pass_index = 0
     return collection
