@@ -507,11 +507,18 @@ def test_batch_render_runs_the_cli_in_the_background_and_cancels(addon: Any, tmp
 
     addon.batch_out = str(tmp_path / "batch")
     addon.batch_count = 40
+    addon.batch_sensor = "profile"
+    with pytest.raises(RuntimeError, match="camera profile"):
+        bpy.ops.fsynth.batch_render()
+    addon.batch_sensor = "photo"
+    addon.batch_mask_mode = "hard"
     started = time.monotonic()
     assert bpy.ops.fsynth.batch_render() == {"FINISHED"}
     assert time.monotonic() - started < 1.0  # the UI is not blocked by the render
     process = runtime.TASKS["batch"].process
-    assert "blender_addon.bl.cli_entry" in " ".join(process.command)
+    command = " ".join(process.command)
+    assert "blender_addon.bl.cli_entry" in command
+    assert "--mask-mode hard" in command and "--sensor photo" in command
     with pytest.raises(RuntimeError, match="running"):
         bpy.ops.fsynth.batch_render()
     time.sleep(0.5)

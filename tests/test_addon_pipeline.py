@@ -152,14 +152,19 @@ def test_debouncer_waits_for_quiet_and_never_fires_while_busy() -> None:
 def test_render_job_spec_builds_cli_arguments_and_names_bad_fields() -> None:
     spec = pp.RenderJobSpec(scene_dir="scenes/x", out_dir="out/y", count=3, seed=7, preset="fast",
                             resolution=256, sitting=(1, 2), standing=(0, 0), human_backend="proxy",
-                            denoise=False)
+                            denoise=False, mask_mode="hard", sensor="photo")
     args = spec.arguments()
     assert args[args.index("--sitting") + 1] == "1,2" and "--no-denoise" in args
+    assert args[args.index("--mask-mode") + 1] == "hard" and args[args.index("--sensor") + 1] == "photo"
     assert args[args.index("--resolution") + 1] == "256" and args[args.index("--seed") + 1] == "7"
     from blender_addon.core.render_cli import build_parser
 
     parsed = build_parser().parse_args(args)  # the render CLI accepts exactly these options
     assert parsed.count == 3 and parsed.sitting == (1, 2) and parsed.human_backend == "proxy"
+    assert parsed.mask_mode == "hard" and parsed.sensor == "photo"
+    assert "--sensor" not in pp.RenderJobSpec(scene_dir="s", out_dir="o").arguments()
+    with pytest.raises(pp.PreviewError, match="mask_mode"):
+        pp.RenderJobSpec(scene_dir="s", out_dir="o", mask_mode="fuzzy")
     with pytest.raises(pp.PreviewError, match="count"):
         pp.RenderJobSpec(scene_dir="s", out_dir="o", count=0)
     with pytest.raises(pp.PreviewError, match="standing"):

@@ -534,8 +534,12 @@ class RenderJobSpec:
     workers: int = 1
     denoise: bool | None = None
     motion_blur: float | None = None
+    mask_mode: str = "soft"  # soft: anti-aliased coverage PNGs too; hard: instance ids only
+    sensor: str = ""  # the real camera's look: "" off, "photo", or a camera_sensor profile file
 
     def __post_init__(self) -> None:
+        if self.mask_mode not in ("soft", "hard"):
+            raise PreviewError(f"RenderJobSpec.mask_mode must be 'soft' or 'hard', got {self.mask_mode!r}")
         if not self.scene_dir:
             raise PreviewError("RenderJobSpec.scene_dir is empty: load a scene first")
         if not self.out_dir:
@@ -564,6 +568,9 @@ class RenderJobSpec:
             args.append("--denoise" if self.denoise else "--no-denoise")
         if self.motion_blur is not None:
             args += ["--motion-blur", str(self.motion_blur)]
+        args += ["--mask-mode", self.mask_mode]
+        if self.sensor:
+            args += ["--sensor", self.sensor]
         return args
 
 

@@ -277,9 +277,21 @@ class FSYNTH_OT_batch_render(_Action, bpy.types.Operator):
             standing=(settings.standing_min, settings.standing_max),
             human_backend="proxy" if settings.human_backend == "proxy" else "mpfb2",
             pose_library=bpy.path.abspath(settings.pose_library) if settings.pose_library else "",
-            workers=settings.batch_workers)
+            workers=settings.batch_workers, mask_mode=settings.batch_mask_mode,
+            sensor=_sensor_choice(settings))
         process = actions.start_batch_render(job)
         return f"batch render started: {' '.join(process.command[-6:])}"
+
+
+def _sensor_choice(settings: bpy.types.PropertyGroup) -> str:
+    """The render CLI's ``--sensor`` value from the panel's camera-look settings."""
+    if settings.batch_sensor == "photo":
+        return "photo"
+    if settings.batch_sensor == "profile":
+        if not settings.batch_sensor_profile:
+            raise actions.ActionError("choose a camera profile file, or set Camera look to Off or From photo")
+        return bpy.path.abspath(settings.batch_sensor_profile)
+    return ""
 
 
 class FSYNTH_OT_cancel(_Action, bpy.types.Operator):

@@ -116,6 +116,10 @@ class FSYNTH_PT_render(_Sub, bpy.types.Panel):
         row.prop(settings, "batch_count")
         row.prop(settings, "batch_workers")
         box.prop(settings, "batch_preset")
+        box.prop(settings, "batch_mask_mode")
+        box.prop(settings, "batch_sensor")
+        if settings.batch_sensor == "profile":
+            box.prop(settings, "batch_sensor_profile")
         if not _progress(box, context, "batch", "Batch"):
             box.operator("fsynth.batch_render", icon="RENDER_ANIMATION")
         _status(box, "batch")

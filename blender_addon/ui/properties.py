@@ -22,6 +22,11 @@ HUMAN_BACKEND_ITEMS = [
     ("proxy", "Proxy", "Box-and-sphere stand-ins: fastest, for layout and pipeline checks"),
     ("mblab", "MB-Lab", "MB-Lab characters (needs the MB-Lab add-on installed; see its availability)"),
 ]
+MASK_MODE_ITEMS = [("soft", "Soft", "Instance masks plus anti-aliased coverage per person"),
+                   ("hard", "Hard", "Instance masks only (0/1 coverage), no Cryptomatte pass")]
+SENSOR_ITEMS = [("off", "Off", "People as Cycles rendered them"),
+                ("photo", "From photo", "Measure the camera on the scene's photo"),
+                ("profile", "Profile", "A profile measured on real frames of the camera")]
 PRESET_ITEMS = [(name, name.capitalize(), f"Render preset {name!r} of the render CLI") for name in batch.PRESETS]
 DISPLAY_ITEMS = [
     ("synthetic", "Synthetic", "Show the rendered frame as it came out of Cycles"),
@@ -96,6 +101,14 @@ class FSYNTH_PG_settings(bpy.types.PropertyGroup):
                                          description="Quality preset of the render CLI")
     batch_workers: bpy.props.IntProperty(name="Workers", default=1, min=1, max=64,
                                          description="Worker processes of the render CLI")
+    batch_mask_mode: bpy.props.EnumProperty(
+        name="Masks", items=MASK_MODE_ITEMS, default="soft",
+        description="Soft: also write each person's anti-aliased coverage (used to paste refined crops back)")
+    batch_sensor: bpy.props.EnumProperty(name="Camera look", items=SENSOR_ITEMS, default="off",
+                                         description="Give the rendered people the real camera's look")
+    batch_sensor_profile: bpy.props.StringProperty(
+        name="Camera profile", subtype="FILE_PATH", default="",
+        description="A profile from 'python -m blender_addon.core.camera_sensor measure REAL_FRAMES --out FILE'")
 
     model: bpy.props.StringProperty(name="Refiner model", default="",
                                     description="Model name on the daemon (Connect lists them); empty: the first one")
