@@ -472,6 +472,8 @@ def test_preview_render_refine_and_live_preview(addon: Any, daemon: str) -> None
         time.sleep(0.02)
     assert "showing" in runtime.STATUS["live"], (rounds_before, runtime.STATUS)
     assert longest < 0.5
+    assert "(warm)" in runtime.STATUS["live_render"], runtime.STATUS  # the second round reused the worker
+    assert actions.preview_worker("live_render").requests == 2
     state.display_mode = "attention"
     attention = scene_objects.image_pixels(live_image)
     state.display_mode = "synthetic"

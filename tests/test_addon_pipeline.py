@@ -219,3 +219,46 @@ def test_alignment_overlay_marks_projected_furniture() -> None:
     changed = np.any(overlay != plain, axis=2)
     # Edges were drawn, but the photo under the middle of the table top is left visible.
     assert changed.mean() > 0.005 and not changed[int(y), int(x)]
+
+
+FAKE_WORKER = """
+import json, sys
+for line in sys.stdin:
+    request = json.loads(line)
+    print("cycles noise that is not a reply", flush=True)
+    if request["out"].endswith("die"):
+        sys.exit(3)
+    print("FSYNTH_PREVIEW " + json.dumps({"ok": True, "warm": True, "seconds": 0.01, "out": request["out"]}), flush=True)
+"""
+
+
+def _reply(worker: pp.WarmWorker, timeout_s: float = 10.0) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        reply = worker.poll()
+        if reply is not None:
+            return reply
+        time.sleep(0.01)
+    raise AssertionError("no reply")
+
+
+def test_warm_worker_client_reads_replies_logs_the_rest_and_notices_death(tmp_path: Path) -> None:
+    import sys
+
+    worker = pp.WarmWorker([sys.executable, "-c", FAKE_WORKER], tmp_path / "log.txt")
+    try:
+        assert worker.poll() is None  # nothing asked, nothing to wait for
+        worker.request(tmp_path / "a", None)
+        reply = _reply(worker)
+        assert reply["ok"] and reply["out"] == str(tmp_path / "a") and reply["round_trip_s"] >= 0
+        worker.request(tmp_path / "die", None)
+        died = _reply(worker)
+        assert not died["ok"] and "exited with code 3" in died["error"]
+        assert "cycles noise" in (tmp_path / "log.txt").read_text()  # Blender's output goes to the log
+        with pytest.raises(pp.PreviewError, match="exited"):
+            worker.request(tmp_path / "b", None)
+    finally:
+        worker.close()
+    assert not worker.alive

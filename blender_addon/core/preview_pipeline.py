@@ -639,3 +639,123 @@ class RenderProcess:
         except OSError:
             return ""
         return "\n".join(text.strip().splitlines()[-lines:])
+
+
+# ---------------------------------------------------------------------------------------------
+# The warm preview worker: one Blender process that stays up between preview renders.
+
+WORKER_REPLY = "FSYNTH_PREVIEW "  # prefix of the worker's reply lines among Blender's own output
+
+
+class WarmWorker:
+    """A persistent preview worker (``blender_addon.ui.preview_worker --serve``).
+
+    Each :meth:`request` asks it to render frame 0 of a prepared run folder with the people where
+    the artist put them; the reply comes back as one prefixed JSON line on its stdout and is
+    picked up by :meth:`poll` without blocking (a reader thread queues the lines). The process
+    keeps its Blender scene, human templates and parsed assets between requests, so only the
+    first render pays for them. One request at a time; :meth:`close` ends it.
+    """
+
+    def __init__(self, command: Sequence[str], log_path: str | Path, *, env: dict[str, str] | None = None) -> None:
+        import queue
+        import threading
+
+        self.command = list(command)
+        self.log_path = Path(log_path)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115  (closed by close())
+        self._process = subprocess.Popen(
+            self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+            env={**os.environ, **(env or {})}, start_new_session=True)
+        self._replies: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.pending: dict[str, Any] | None = None
+        self.requests = 0
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for raw in self._process.stdout:
+            line = raw.decode("utf-8", errors="replace")
+            if line.startswith(WORKER_REPLY):
+                try:
+                    self._replies.put(json.loads(line[len(WORKER_REPLY):]))
+                except json.JSONDecodeError:
+                    self._replies.put({"ok": False, "error": f"unreadable reply: {line.strip()[:200]}"})
+            else:
+                self._log.write(raw)
+                self._log.flush()
+
+    @property
+    def alive(self) -> bool:
+        return self._process.poll() is None
+
+    def request(self, out: str | Path, overrides: str | Path | None, threads: int = 0) -> None:
+        """Render frame 0 of the run folder ``out`` (prepared with ``prepare_run_folder``)."""
+        if self.pending is not None:
+            raise PreviewError("the preview worker is still rendering the previous request")
+        if not self.alive:
+            raise PreviewError(f"the preview worker has exited: {self.log_tail(3)}")
+        message = {"out": str(out), "overrides": str(overrides) if overrides else None, "threads": threads}
+        assert self._process.stdin is not None
+        try:
+            self._process.stdin.write((json.dumps(message) + "\n").encode("utf-8"))
+            self._process.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            raise PreviewError(f"the preview worker stopped listening ({exc}): {self.log_tail(3)}") from exc
+        self.pending = {**message, "sent": time.monotonic()}
+        self.requests += 1
+
+    def poll(self) -> dict[str, Any] | None:
+        """The reply to the pending request once it came (``ok``, ``seconds``, ``warm``, or
+        ``error``), else None. A worker that died mid-request gives an error reply."""
+        import queue
+
+        if self.pending is None:
+            return None
+        try:
+            reply = self._replies.get_nowait()
+        except queue.Empty:
+            if self.alive:
+                return None
+            self._reader.join(timeout=1.0)  # the last lines may still be in the pipe
+            try:
+                reply = self._replies.get_nowait()
+            except queue.Empty:
+                reply = {"ok": False, "error": f"the preview worker exited with code "
+                                                f"{self._process.returncode}: {self.log_tail(3)}"}
+        reply["round_trip_s"] = time.monotonic() - self.pending["sent"]
+        self.pending = None
+        return reply
+
+    def close(self, grace_s: float = 3.0) -> None:
+        """End the worker: its stdin closes (it exits after the current render), then SIGTERM
+        and SIGKILL to its process group if it lingers."""
+        if self.alive:
+            try:
+                assert self._process.stdin is not None
+                self._process.stdin.close()
+                self._process.wait(timeout=grace_s if self.pending is None else 0.1)
+            except (subprocess.TimeoutExpired, OSError):
+                for sig in (signal.SIGTERM, signal.SIGKILL):
+                    try:
+                        os.killpg(self._process.pid, sig)
+                        self._process.wait(timeout=grace_s)
+                        break
+                    except subprocess.TimeoutExpired:
+                        continue
+                    except ProcessLookupError:
+                        break
+        self.pending = None
+        if not self._log.closed:
+            self._reader.join(timeout=1.0)
+            self._log.close()
+
+    def log_tail(self, lines: int = 8) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+

@@ -35,6 +35,7 @@ from blender_addon.core.preview_pipeline import (
     RefinePreview,
     RenderJobSpec,
     RenderProcess,
+    WarmWorker,
     draw_annotations,
     load_rendered_frame,
     render_cli_prefix,
@@ -209,7 +210,8 @@ def preview_dir() -> Path:
 
 def start_preview_render(*, resolution: int = 384, samples: int = 8, channel: str = "render",
                          on_done: Callable[[Path], None] | None = None) -> Path:
-    """Render the viewport's population (as placed and moved) in a subprocess; returns its folder.
+    """Render the viewport's population (as placed and moved) in the channel's warm preview
+    worker (a Blender subprocess kept between renders); returns the run folder.
 
     When it finishes, the frame with its annotations drawn over it appears in the Image Editor
     (image ``FS preview annotated``) and ``on_done(folder)`` is called.
@@ -232,16 +234,7 @@ def start_preview_render(*, resolution: int = 384, samples: int = 8, channel: st
     batch.prepare_run_folder(out, config)
     overrides = out / "people.json"
     overrides.write_text(json.dumps(scene_objects.people_overrides()), encoding="utf-8")
-    binary = _blender_binary()
-    if binary:
-        from blender_addon.core.render_cli import blender_script_command
-
-        command = blender_script_command(binary, Path(__file__).with_name("preview_worker.py"))
-    else:
-        import sys
-
-        command = [sys.executable, "-m", "blender_addon.ui.preview_worker"]
-    command += ["--out", str(out), "--overrides", str(overrides)]
+    worker = preview_worker(channel)
 
     def finished() -> None:
         frame = load_rendered_frame(out, 0)
@@ -250,8 +243,71 @@ def start_preview_render(*, resolution: int = 384, samples: int = 8, channel: st
         if on_done is not None:
             on_done(out)
 
-    runtime.start_task(channel, RenderTask(channel, RenderProcess(command, out, 1), finished))
+    try:
+        worker.request(out, overrides)
+    except PreviewError as exc:
+        stop_preview_workers(channel)  # the next render starts a fresh worker
+        raise ActionError(str(exc)) from exc
+    runtime.start_task(channel, WarmRenderTask(channel, worker, finished))
     return out
+
+
+class WarmRenderTask:
+    """Waits for the warm preview worker's reply to one render request; ``on_done`` on success."""
+
+    def __init__(self, channel: str, worker: WarmWorker, on_done: Callable[[], None] | None = None) -> None:
+        self.channel = channel
+        self.worker = worker
+        self.on_done = on_done
+        runtime.set_status(channel, "rendering" + ("" if worker.requests > 1 else " (starting Blender)"))
+
+    def step(self) -> bool:
+        reply = self.worker.poll()
+        if reply is None:
+            elapsed = time.monotonic() - (self.worker.pending or {}).get("sent", time.monotonic())
+            runtime.set_status(self.channel, f"rendering ({elapsed:.0f} s)")
+            return False
+        if not reply.get("ok"):
+            raise ActionError(f"preview render failed: {reply.get('error')} (worker log: {self.worker.log_path})")
+        runtime.set_status(self.channel, f"done: rendered in {reply['seconds']:.1f} s"
+                                         + (" (warm)" if reply.get("warm") else " (cold: Blender and the people built)"))
+        if self.on_done is not None:
+            self.on_done()
+        return True
+
+    def cancel(self) -> None:
+        if self.worker.pending is not None:
+            stop_preview_workers(self.channel)  # a render cannot be stopped half-way but by ending it
+        runtime.set_status(self.channel, "cancelled")
+
+
+def preview_worker(channel: str) -> WarmWorker:
+    """The channel's warm preview worker (started on first use; each channel has its own, so the
+    live preview and Render Preview never wait for each other)."""
+    workers: dict[str, WarmWorker] = _STATE.setdefault("workers", {})
+    worker = workers.get(channel)
+    if worker is None or not worker.alive:
+        binary = _blender_binary()
+        if binary:
+            from blender_addon.core.render_cli import blender_script_command
+
+            command = blender_script_command(binary, Path(__file__).with_name("preview_worker.py"))
+        else:
+            import sys
+
+            command = [sys.executable, "-m", "blender_addon.ui.preview_worker"]
+        worker = WarmWorker([*command, "--serve"], preview_dir() / f"{channel}_worker_log.txt")
+        workers[channel] = worker
+    return worker
+
+
+def stop_preview_workers(channel: str | None = None) -> None:
+    """End the warm preview workers (of one channel, or all)."""
+    workers: dict[str, WarmWorker] = _STATE.setdefault("workers", {})
+    for name in [channel] if channel is not None else list(workers):
+        worker = workers.pop(name, None) if name is not None else None
+        if worker is not None:
+            worker.close()
 
 
 def use_preview_frame(folder: str | Path) -> None:
@@ -493,7 +549,8 @@ def start_training(kind: str, config: dict[str, Any] | str | Path) -> None:
 
 
 def reset() -> None:
-    """Forget the runtime state (file load, unregister)."""
+    """Forget the runtime state (file load, unregister); warm preview workers end."""
+    stop_preview_workers()
     _STATE.update(scene=None, scene_dir=None, router=None, last_result=None)
     _STATE.pop("population", None)
     _STATE.pop("preview_dir", None)

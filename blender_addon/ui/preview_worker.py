@@ -8,6 +8,14 @@
 recipe is the one the panel populated the viewport with, and ``people.json`` says where each
 person's root is now (people moved, turned or deleted in the viewport). Rendering goes through
 ``bl.render.FrameRenderer`` exactly like the batch CLI.
+
+With ``--serve`` the worker stays up: it reads one JSON request per line on stdin
+(``{"out": RUN, "overrides": people.json, "threads": 0}``), renders, and answers each with one
+line ``FSYNTH_PREVIEW {"ok": true, "seconds": ..., "warm": ...}`` (or ``"ok": false`` and the
+error; a bad request never ends it). Its renderer, with the scene, the human templates and the
+parsed assets, is kept while the run config and the scene file stay the same, so only the
+first render pays for them (``core.preview_pipeline.WarmWorker`` is the client). It exits when
+stdin closes.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -63,6 +72,55 @@ def render_preview(out: Path, overrides: dict[str, dict[str, Any]] | None, threa
         batch.sample_frame_recipe = sample
 
 
+_WARM: dict[str, Any] = {}  # the kept renderer and what it was built for
+
+
+def render_warm(out: Path, overrides: dict[str, dict[str, Any]] | None, threads: int = 0) -> bool:
+    """Render the preview frame with the kept renderer when the run config and scene file are
+    the ones it was built for, else with a new one (which is then kept). True when warm."""
+    from blender_addon.bl import render
+
+    config = batch.load_run_config(out)
+    scene_file = Path(config.scene) / "scene.json"
+    key = json.dumps([config.to_dict(), batch.file_sha256(scene_file), threads], sort_keys=True, default=str)
+    warm = _WARM.get("key") == key
+    if not warm:
+        _WARM.clear()
+        _WARM.update(key=key, renderer=render.FrameRenderer(config, out, threads=threads))
+    renderer = _WARM["renderer"]
+    renderer.out = Path(out)
+    sample = batch.sample_frame_recipe
+    batch.sample_frame_recipe = lambda *a, **k: edited_recipe(sample(*a, **k), overrides)
+    try:
+        renderer.render_frame(0)
+    except BaseException:
+        _WARM.clear()  # a render that failed half-way may have left people in the scene
+        raise
+    finally:
+        batch.sample_frame_recipe = sample
+    return warm
+
+
+def serve(reply_prefix: str = "FSYNTH_PREVIEW ") -> int:
+    """Answer render requests from stdin until it closes (module docstring)."""
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        started = time.monotonic()
+        try:
+            request = json.loads(line)
+            overrides_path = request.get("overrides")
+            overrides = (json.loads(Path(overrides_path).read_text(encoding="utf-8"))
+                         if overrides_path else None)
+            warm = render_warm(Path(request["out"]), overrides, int(request.get("threads", 0)))
+            reply: dict[str, Any] = {"ok": True, "warm": warm, "out": request["out"]}
+        except Exception as exc:  # noqa: BLE001  (one bad request must not end the worker)
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        reply["seconds"] = round(time.monotonic() - started, 3)
+        print(reply_prefix + json.dumps(reply), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else sys.argv[1:]
@@ -70,10 +128,18 @@ def main(argv: list[str] | None = None) -> int:
             argv = []
     parser = argparse.ArgumentParser(prog="python -m blender_addon.ui.preview_worker", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="prepared run folder (run_config.json)")
+    parser.add_argument("--serve", action="store_true",
+                        help="stay up and render one request per stdin line (see the module docstring)")
+    parser.add_argument("--out", type=Path, help="prepared run folder (run_config.json)")
     parser.add_argument("--overrides", type=Path, help="JSON {person: {location, heading_rad}}")
     parser.add_argument("--threads", type=int, default=0, help="Cycles threads (0: all)")
     args = parser.parse_args(argv)
+    if args.serve:
+        from blender_addon.core.preview_pipeline import WORKER_REPLY
+
+        return serve(WORKER_REPLY)
+    if args.out is None:
+        parser.error("--out is required (or --serve)")
     overrides = json.loads(args.overrides.read_text(encoding="utf-8")) if args.overrides else None
     try:
         render_preview(args.out, overrides, args.threads)
