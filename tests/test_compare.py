@@ -27,6 +27,7 @@ def make_run(root: Path, label: str, counts_by_seed: dict[int, list[tuple[int, i
                      for frame, (tp, fp, fn) in zip(test_frames, counts, strict=True)]
         record = {"experiment": "S", "seed": seed, "refiner_seed": None, "f1": 0.0, "per_image": per_image}
         (folder / "test.json").write_text(json.dumps(record))
+        (folder / "test_detail.json").write_text(json.dumps({"oracle_threshold_on_this_set": {"f1": 0.5 + 0.1 * seed}}))
         runs.append({"experiment": "S", "seed": seed, "refiner_seed": None, "train_images": 10,
                      "checkpoint": str(folder / "best.pt"), "f1": 0.0})
     results = {"real_split": {"test": test_frames}, "synthetic": f"out/{label}", "runs": {"S": runs},
@@ -46,6 +47,7 @@ def test_compare_pairs_detectors_by_seed_and_reports_f1_from_frame_counts(tmp_pa
     assert rows["base"]["test"]["f1_runs"] == [0.75, 0.4]
     assert rows["new"]["test"]["f1_mean"] == pytest.approx(0.9)
     assert rows["new"]["gap_to_r_test"]["fd_person"] == 80.0
+    assert rows["base"]["oracle_f1_mean"] == pytest.approx(0.55)
     (pair,) = result["paired"]
     assert (pair["a"], pair["b"], pair["pairs"]) == ("new", "base", 2)
     assert pair["f1_diff_mean"] == pytest.approx(0.325)
@@ -55,7 +57,7 @@ def test_compare_pairs_detectors_by_seed_and_reports_f1_from_frame_counts(tmp_pa
     assert 0.0 <= low < high <= 1.0
     markdown = render_markdown(result)
     assert "| new - base | 2 | +0.325 |" in markdown
-    assert "| base | 10 | 0.575 ± 0.247 |" in markdown
+    assert "| base | 10 | 0.575 ± 0.247 |" in markdown and "| 0.550 | 100.000 |" in markdown
 
 
 def test_compare_cli_writes_json_and_markdown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -25,6 +25,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from protocol.cli import CliError, run_main
 from protocol.fileio import atomic_write_json, atomic_write_text
 from refiner_daemon.evaluation.statistics import (
@@ -39,6 +41,14 @@ GAP_KEYS = ("fd_person", "kid_person", "fd_frame", "kid_frame")
 
 def load_run(out_dir: Path, arm: str) -> tuple[dict[str, Any], list[RunCounts]]:
     """A finished pipeline run's ``results.json`` and the per-frame counts of ``arm``'s detectors."""
+    results, counts, _ = _load(out_dir, arm)
+    return results, counts
+
+
+def _load(out_dir: Path, arm: str) -> tuple[dict[str, Any], list[RunCounts], list[float]]:
+    """Also each detector's best F1 over thresholds on R_test (``test_detail.json``'s oracle
+    threshold, NaN where absent): an optimistic number that says whether a detector ranks real
+    heads above the rest at all, whatever threshold R_val picked."""
     results_path = out_dir / "results.json"
     if not results_path.is_file():
         raise CliError(f"{results_path} not found: run the pipeline to the end first "
@@ -47,7 +57,7 @@ def load_run(out_dir: Path, arm: str) -> tuple[dict[str, Any], list[RunCounts]]:
     runs = results.get("runs", {}).get(arm)
     if not runs:
         raise CliError(f"{out_dir} has no arm {arm!r}; its arms: {sorted(results.get('runs', {}))}")
-    counts = []
+    counts, oracle = [], []
     for run in runs:
         detail = Path(run["checkpoint"]).parent / "test.json"
         if not detail.is_file():
@@ -55,14 +65,19 @@ def load_run(out_dir: Path, arm: str) -> tuple[dict[str, Any], list[RunCounts]]:
                            "live next to its checkpoint; compare from the folder the pipeline ran in")
         tested = json.loads(detail.read_text(encoding="utf-8"))
         counts.append(RunCounts.from_per_image(tested["seed"], tested.get("refiner_seed"), tested["per_image"]))
-    return results, counts
+        extra = detail.with_name("test_detail.json")
+        best = (json.loads(extra.read_text(encoding="utf-8")).get("oracle_threshold_on_this_set") or {}
+                if extra.is_file() else {})
+        oracle.append(float(best.get("f1", float("nan"))))
+    return results, counts, oracle
 
 
 def compare(runs: dict[str, Path], baseline: str, arm: str = "S", seed: int = 0) -> dict[str, Any]:
     """The comparison of ``arm`` across ``runs`` (label -> pipeline out_dir) against ``baseline``."""
     if baseline not in runs:
         raise CliError(f"baseline {baseline!r} is not one of the runs {sorted(runs)}")
-    loaded = {label: load_run(path, arm) for label, path in runs.items()}
+    loaded_all = {label: _load(path, arm) for label, path in runs.items()}
+    loaded = {label: (results, counts) for label, (results, counts, _) in loaded_all.items()}
     test_frames = {label: results["real_split"]["test"] for label, (results, _) in loaded.items()}
     reference = test_frames[baseline]
     for label, frames in test_frames.items():
@@ -76,6 +91,8 @@ def compare(runs: dict[str, Path], baseline: str, arm: str = "S", seed: int = 0)
         rows.append({"label": label, "out_dir": str(runs[label]), "synthetic": results.get("synthetic"),
                      "train_images": results["runs"][arm][0].get("train_images"),
                      "test": summarise_arm(counts, resamples),
+                     "oracle_f1_mean": float(np.nanmean(loaded_all[label][2])) if not all(
+                         np.isnan(loaded_all[label][2])) else None,
                      "gap_to_r_test": {k: gap[k] for k in GAP_KEYS if k in gap} if gap else None})
     paired = [{"a": label, "b": baseline,
                **paired_difference(loaded[label][1], loaded[baseline][1], resamples)}
@@ -92,14 +109,15 @@ def render_markdown(comparison: dict[str, Any]) -> str:
     lines = [f"# Arm {arm} across runs", "",
              f"Test frames: {', '.join(comparison['test_frames'])}.", "",
              ("| run | train images | F1 mean ± std (seeds) | 95% CI (frames) | precision | recall "
-              "| person FD | person KID | frame FD |"),
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| best-threshold F1 | person FD | person KID | frame FD |"),
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in comparison["rows"]:
         test, gap = row["test"], row["gap_to_r_test"] or {}
         low, high = test["f1_ci95"]
         lines.append(
             f"| {row['label']} | {row['train_images']} | {test['f1_mean']:.3f} ± {test['f1_std']:.3f} "
-            f"| [{low:.3f}, {high:.3f}] | {test['precision_mean']:.3f} | {test['recall_mean']:.3f} "
+            f"| [{low:.3f}, {high:.3f}] | {test['precision_mean']:.3f} | {test['recall_mean']:.3f} | "
+            + (f"{row['oracle_f1_mean']:.3f}" if row.get("oracle_f1_mean") is not None else "-") + " | "
             + " | ".join(f"{gap[k]:.3f}" if k in gap else "-" for k in ("fd_person", "kid_person", "fd_frame"))
             + " |")
     lines += ["", f"## Paired differences against {baseline} (detectors matched by seed)", "",
@@ -109,7 +127,9 @@ def render_markdown(comparison: dict[str, Any]) -> str:
         low, high = pair["f1_diff_ci95"]
         lines.append(f"| {pair['a']} - {pair['b']} | {pair['pairs']} | {pair['f1_diff_mean']:+.3f} "
                      f"| [{low:+.3f}, {high:+.3f}] | {pair['share_of_pairs_a_better']:.2f} |")
-    return "\n".join(lines + ["", comparison["statistics"] + ".", ""])
+    return "\n".join(lines + ["", comparison["statistics"] + ". Best-threshold F1: the best F1 over "
+                               "confidence thresholds on R_test itself (optimistic; shows whether a "
+                               "detector ranks real heads first at all).", ""])
 
 
 def _labelled(text: str) -> tuple[str, Path]:
