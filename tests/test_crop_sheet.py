@@ -47,7 +47,7 @@ def test_bad_input_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "is not a folder" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["no-label", "--out", str(tmp_path / "s.png")])
-    assert exit_info.value.code == 2 and "LABEL=FOLDER" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "LABEL=PATH" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "annotations.json").write_text('{"images": [], "annotations": []}')
     with pytest.raises(CliError, match="no annotated people"):

@@ -574,6 +574,15 @@ class RenderJobSpec:
         return args
 
 
+def log_tail(path: Path, lines: int = 8) -> str:
+    """The last ``lines`` lines of a subprocess's log ('' when it cannot be read)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
 class RenderProcess:
     """A render subprocess: progress from the frames on disk, its log, and cancel.
 
@@ -634,11 +643,7 @@ class RenderProcess:
         self.poll()
 
     def log_tail(self, lines: int = 8) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.strip().splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -753,9 +758,5 @@ class WarmWorker:
             self._log.close()
 
     def log_tail(self, lines: int = 8) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.strip().splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 

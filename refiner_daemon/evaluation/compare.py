@@ -132,10 +132,11 @@ def render_markdown(comparison: dict[str, Any]) -> str:
                                "detector ranks real heads first at all).", ""])
 
 
-def _labelled(text: str) -> tuple[str, Path]:
+def labelled_path(text: str) -> tuple[str, Path]:
+    """``LABEL=PATH`` on a command line -> ``(label, Path)`` (shared by the evaluation tools)."""
     label, sep, path = text.partition("=")
     if not sep or not label or not path:
-        raise argparse.ArgumentTypeError(f"{text!r}: give each run as LABEL=OUT_DIR")
+        raise argparse.ArgumentTypeError(f"{text!r}: give each as LABEL=PATH")
     return label, Path(path)
 
 
@@ -151,7 +152,7 @@ def _main(argv: list[str]) -> int:
   python -m refiner_daemon.evaluation.compare before=out/experiments/realism/before \\
       after=out/experiments/realism/after office=out/experiments/realism/office \\
       --baseline before --out docs/experiments/realism""")
-    parser.add_argument("runs", nargs="+", type=_labelled, metavar="LABEL=OUT_DIR",
+    parser.add_argument("runs", nargs="+", type=labelled_path, metavar="LABEL=OUT_DIR",
                         help="a finished pipeline run (its out_dir) and the label it gets in the tables")
     parser.add_argument("--baseline", help="the label the others are compared against (default: the first)")
     parser.add_argument("--arm", default="S", help="the detector arm to compare (default S)")

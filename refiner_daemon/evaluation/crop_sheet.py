@@ -25,6 +25,7 @@ from protocol.cli import CliError, run_main
 from protocol.crop_dataset import CropDatasetConfig, fit_region
 from protocol.crops import CropError, crop_person
 from protocol.fileio import atomic_write_bytes
+from refiner_daemon.evaluation.compare import labelled_path
 
 LABEL_WIDTH = 90
 GAP = 2
@@ -85,13 +86,6 @@ def draw_sheet(rows: dict[str, list[np.ndarray]], columns: int = 12,
     return sheet
 
 
-def _labelled(text: str) -> tuple[str, Path]:
-    label, sep, path = text.partition("=")
-    if not sep or not label or not path:
-        raise argparse.ArgumentTypeError(f"{text!r}: give each dataset as LABEL=FOLDER")
-    return label, Path(path)
-
-
 def _main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m refiner_daemon.evaluation.crop_sheet",
@@ -101,7 +95,7 @@ def _main(argv: Sequence[str]) -> int:
         epilog="""example:
   python -m refiner_daemon.evaluation.crop_sheet real=../shared/data/real/cepdof_lunch3 \\
       rendered=out/S_office100 --count 24 --out out/people.png""")
-    parser.add_argument("datasets", nargs="+", type=_labelled, metavar="LABEL=FOLDER",
+    parser.add_argument("datasets", nargs="+", type=labelled_path, metavar="LABEL=FOLDER",
                         help="a dataset folder (coco.json or CEPDOF annotations.json) and its row label")
     parser.add_argument("--out", type=Path, required=True, help="the sheet (PNG or JPEG)")
     parser.add_argument("--count", type=int, default=24, help="people per dataset (default 24)")
