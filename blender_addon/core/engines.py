@@ -32,13 +32,9 @@ from typing import Any, Protocol
 
 from blender_addon.core import batch
 from blender_addon.core.batch import BatchError
-from protocol import processes
+from protocol import processes, ray_session
 
-RAY_PIN = "ray==2.60.0"
-RAY_INSTALL_HINT = f"pip install {RAY_PIN}"
-# The local Ray instance's shared-memory object store. Tasks return small dicts (frames travel
-# through the output folder), so a small store avoids reserving 30% of RAM as Ray would.
-RAY_OBJECT_STORE_BYTES = 128 * 1024 * 1024
+RAY_PIN, RAY_INSTALL_HINT = ray_session.RAY_PIN, ray_session.RAY_INSTALL_HINT
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 WorkerCommand = Callable[[list[int]], list[str]]
@@ -148,38 +144,11 @@ class LocalEngine:
 
 def import_ray() -> Any:
     """Ray, or a BatchError that says how to install it."""
-    try:
-        import ray
-    except ImportError as exc:
-        raise BatchError(f"--engine ray needs Ray, which is not installed ({exc}); install it with "
-                         f"'{RAY_INSTALL_HINT}', or render with --engine local") from None
-    return ray
+    return ray_session.import_ray(BatchError, "render with --engine local")
 
 
 class TaskFailed(RuntimeError):
     """A chunk's worker process failed; raised inside a Ray task so that Ray retries it."""
-
-
-class AttemptLog:
-    """A Ray actor (``num_cpus=0``) that counts each task's attempts and keeps their errors.
-
-    Ray does not tell the driver how often it retried a task, and an attempt whose Ray worker
-    was killed reports nothing itself; so every attempt checks in here before it starts, and
-    the attempts with neither a result nor an error are the ones whose worker died."""
-
-    def __init__(self) -> None:
-        self.attempts: dict[int, int] = {}
-        self.errors: dict[int, dict[int, str]] = {}
-
-    def start(self, task: int) -> int:
-        self.attempts[task] = self.attempts.get(task, 0) + 1
-        return self.attempts[task]
-
-    def fail(self, task: int, attempt: int, message: str) -> None:
-        self.errors.setdefault(task, {})[attempt] = message
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"attempts": dict(self.attempts), "errors": {k: dict(v) for k, v in self.errors.items()}}
 
 
 def render_task(task: int, out: str, frames: list[int], command: list[str], cwd: str | None,
@@ -216,38 +185,8 @@ class RayEngine:
     name = "ray"
 
     def __init__(self, options: EngineOptions) -> None:
-        if options.address is not None and options.ray_cpus is not None:
-            raise BatchError("--ray-cpus sizes a local Ray instance; with --address the cluster's "
-                             "own size applies (drop one of the two)")
+        ray_session.check_address(options.address, options.ray_cpus, BatchError)
         self.options = options
-
-    def _connect(self, ray: Any) -> bool:
-        """Join ``--address`` or start a local instance; True when this call started Ray."""
-        if ray.is_initialized():
-            return False  # a caller's own Ray session (e.g. a notebook): use it, leave it up
-        try:
-            # ray.init installs a native SIGTERM handler that exits 1 at once; keep ours
-            # (cancel the tasks, shut Ray down, exit 128+N).
-            with processes.python_handlers_kept():
-                if self.options.address is not None:
-                    ray.init(address=self.options.address, include_dashboard=False)
-                else:
-                    ray.init(num_cpus=self.options.ray_cpus or _cpu_count(),
-                             include_dashboard=False, object_store_memory=RAY_OBJECT_STORE_BYTES)
-        except Exception as exc:
-            where = (f"the Ray cluster at {self.options.address!r}" if self.options.address
-                     else "a local Ray instance")
-            if self.options.address:
-                hint = ("check the address ('ray status' on the head node prints it; 'auto' joins "
-                        "the cluster this machine belongs to)")
-            elif "AF_UNIX" in str(exc):
-                # Ray puts its sockets under $RAY_TMPDIR, else $TMPDIR; deep folders overflow
-                # the 107-byte limit of a socket path.
-                hint = "set RAY_TMPDIR to a short folder (e.g. RAY_TMPDIR=/tmp) and rerun"
-            else:
-                hint = "see 'ray start --help' and Ray's logs under $RAY_TMPDIR (default /tmp/ray)"
-            raise BatchError(f"could not start or join {where}: {exc}; {hint}") from exc
-        return True
 
     def run(self, out: Path, frames: Sequence[int], command: WorkerCommand,
             progress: Any = None, poll_seconds: float = 0.25) -> EngineReport:
@@ -264,13 +203,14 @@ class RayEngine:
         refs: dict[Any, TaskRecord] = {}
         # Signals wait for a safe point: raising inside ray.wait breaks the call.
         with processes.DeferredStop("render", "cancelling the Ray tasks") as stop:
-            started_ray = self._connect(ray)
+            started_ray = ray_session.connect(ray, self.options.address, self.options.ray_cpus,
+                                                  BatchError)
             connect_seconds = time.monotonic() - start
             try:
                 remote = ray.remote(num_cpus=self.options.threads,
                                     max_retries=self.options.max_retries,
                                     retry_exceptions=[TaskFailed])(render_task)
-                log = ray.remote(num_cpus=0)(AttemptLog).remote()
+                log = ray.remote(num_cpus=0)(ray_session.AttemptLog).remote()
                 for record in tasks:
                     ref = remote.remote(record.task, str(out), record.frames,
                                         command(record.frames), cwd,
@@ -316,29 +256,16 @@ def _settle(ray: Any, ref: Any, record: TaskRecord) -> None:
     try:
         result = ray.get(ref)
     except ray.exceptions.RayError as exc:  # retries exhausted: its frames stay missing
-        lines = str(exc).strip().splitlines() or [""]
         record.status = "failed"
-        record.failures.append(f"gave up: {type(exc).__name__}: {lines[-1]}")
+        record.failures.append(f"gave up: {ray_session.last_line(exc)}")
     else:
         record.status, record.node = "ok", result["node"]
 
 
 def _attach_attempts(record: TaskRecord, log: dict[str, Any]) -> None:
-    """Fill in attempts and per-attempt failures from the AttemptLog's snapshot. An attempt
-    that checked in but left neither a result nor an error is one whose Ray worker died."""
-    record.attempts = int(log["attempts"].get(record.task, 0))
-    errors = log["errors"].get(record.task, {})
-    failures = []
-    for attempt in range(1, record.attempts + 1):
-        if attempt in errors:
-            failures.append(errors[attempt])
-        elif record.status != "ok" or attempt < record.attempts:
-            failures.append(f"attempt {attempt}: no result (the Ray worker process died)")
+    """Fill in attempts and per-attempt failures from the AttemptLog's snapshot."""
+    record.attempts, failures = ray_session.attempts_of(log, record.task, record.status == "ok")
     record.failures = failures + record.failures
-
-
-def _cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 ENGINES: dict[str, Callable[[EngineOptions], Engine]] = {"local": LocalEngine, "ray": RayEngine}

@@ -23,7 +23,7 @@ from blender_addon.core.dataset import build_coco, contact_sheet
 from blender_addon.core.engines import ENGINES, RAY_INSTALL_HINT, EngineOptions, make_engine
 from blender_addon.core.placement import PlacementConfig, PlacementError, check_capacity
 from blender_addon.core.scene_format import SceneFormatError, load_scene
-from protocol import processes
+from protocol import processes, ray_session
 from protocol.coverage import MASK_MODES
 from protocol.datacheck import check_image
 
@@ -220,12 +220,6 @@ class Backend:
     render_in_process: Callable[[Path, list[int], int], None]  # (out, frames, threads)
 
 
-def _cpu_count() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def _write_contact_sheet(out: Path, path: Path) -> None:
     import io
 
@@ -274,7 +268,7 @@ def run(argv: Sequence[str], backend: Backend) -> int:
         if args.engine == "local" and (args.address is not None or args.ray_cpus is not None):
             raise BatchError("--address and --ray-cpus are for --engine ray; add --engine ray")
         threads = args.threads or (1 if args.engine == "ray"
-                                   else max(1, _cpu_count() // max(1, args.workers)))
+                                   else max(1, ray_session.cpu_count() // max(1, args.workers)))
         engine = make_engine(args.engine, EngineOptions(
             workers=max(1, args.workers), frames_per_worker=args.frames_per_worker,
             threads=threads, address=args.address, ray_cpus=args.ray_cpus,

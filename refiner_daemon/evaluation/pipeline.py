@@ -28,6 +28,7 @@ changes and a stopped run continues where it stopped.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -52,6 +53,7 @@ from refiner_daemon.evaluation.statistics import (
     paired_difference,
     summarise_arm,
 )
+from refiner_daemon.evaluation.sweep import SWEEP_ENGINES, SweepOptions, run_sweep
 
 EXPERIMENTS = ("S", "R_train", "refined", "R_train+S", "R_train+refined", "mix")
 SEED_DESIGNS = ("cross", "paired")
@@ -504,6 +506,43 @@ def train_and_test(name: str, train_sets: list[DatasetSpec], val: list[DatasetSp
     return run
 
 
+@dataclass(frozen=True)
+class DetectorJob:
+    """One detector run of an arm: what :func:`train_and_test` needs besides the experiment's
+    config, output folder and anchors."""
+
+    name: str
+    train_sets: list[DatasetSpec]
+    val: list[DatasetSpec]
+    test: list[DatasetSpec]
+    seed: int
+    refiner_seed: int | None = None
+
+    def describe(self) -> str:
+        return f"{self.name!r} (refiner seed {self.refiner_seed}, detector seed {self.seed})"
+
+
+def run_detector_job(job: DetectorJob, cfg: PipelineConfig, out: Path,
+                     anchors: list[list[float]]) -> Run:
+    return train_and_test(job.name, job.train_sets, job.val, job.test, cfg, out, job.seed, anchors,
+                          job.refiner_seed)
+
+
+def run_detectors(jobs: dict[str, list[DetectorJob]], cfg: PipelineConfig, out: Path,
+                  anchors: list[list[float]], sweep: SweepOptions, reports: dict[str, Any],
+                  phase: str) -> dict[str, list[Run]]:
+    """Every job of every arm in one sweep (``sweep.engine``); the runs grouped by arm again,
+    and the sweep's report (what ran where, retries) kept under ``reports[phase]``."""
+    flat = [job for arm_jobs in jobs.values() for job in arm_jobs]
+    runs, report = run_sweep(functools.partial(run_detector_job, cfg=cfg, out=out, anchors=anchors),
+                             flat, sweep, describe=DetectorJob.describe)
+    reports[phase] = report.to_dict()
+    grouped: dict[str, list[Run]] = {name: [] for name in jobs}
+    for job, run in zip(flat, runs, strict=True):
+        grouped[job.name].append(run)
+    return grouped
+
+
 def _names_of(spec: DatasetSpec) -> list[str]:
     names = spec.images if spec.images is not None else image_names(spec)
     return names[: spec.limit] if spec.limit is not None else names
@@ -524,9 +563,11 @@ class Arm:
 # --------------------------------------------------------------------------- the run
 
 
-def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+def run_pipeline(cfg: PipelineConfig, sweep: SweepOptions | None = None) -> dict[str, Any]:
     """Run every stage the config asks for and write ``tables.md`` and ``results.json`` into
-    ``cfg.out_dir``; returns the results."""
+    ``cfg.out_dir``; returns the results. ``sweep`` says where the detector runs happen (default:
+    in this process); it never changes the results."""
+    sweep = sweep or SweepOptions()
     out = Path(cfg.out_dir)
     detector_seeds, refiner_seeds = list(cfg.detector_seeds or []), list(cfg.refiner_seeds or [])
 
@@ -584,14 +625,17 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         DatasetSpec(runs[0].refined) for runs in refiner_runs.values() if s_spec is None and runs[0].refined]
     anchors = stage_anchors(union, cfg.detector, out, cfg.seed)
 
-    # 8-9. Detector arms.
+    # 8-9. Detector arms: every arm x seed run is independent, so one sweep runs them all
+    # (here, or as Ray tasks); the mix rows need the arms' R_val scores, so they come after.
     arms = plan_arms(cfg, r_train, s_spec, refiner_runs)
-    runs_by_arm: dict[str, list[Run]] = {}
-    for arm in arms:
-        runs_by_arm[arm.name] = [
-            train_and_test(arm.name, arm.train_sets(rs), [r_val], [r_test], cfg, out, ds, anchors, rs)
-            for rs, ds in seed_pairs(arm.refiner_seeds, detector_seeds, cfg.seed_design)]
-    mix_name = _run_mix(cfg, frames, refiner_runs, runs_by_arm, r_train, r_val, r_test, out, anchors)
+    sweep_reports: dict[str, Any] = {}
+    runs_by_arm = run_detectors(
+        {arm.name: [DetectorJob(arm.name, arm.train_sets(rs), [r_val], [r_test], ds, rs)
+                    for rs, ds in seed_pairs(arm.refiner_seeds, detector_seeds, cfg.seed_design)]
+         for arm in arms}, cfg, out, anchors, sweep, sweep_reports, "arms")
+    mix_name = _run_mix(cfg, frames, refiner_runs, runs_by_arm, r_train, r_val, r_test, out, anchors,
+                        lambda jobs: run_detectors(jobs, cfg, out, anchors, sweep, sweep_reports, "mix"))
+    atomic_write_json(out / "sweep_report.json", sweep_reports)
 
     # 10. Report.
     results = report(cfg, frames, heads, synthetic, refiner_runs, arms, runs_by_arm, anchors, mix_name, out)
@@ -640,7 +684,8 @@ def plan_arms(cfg: PipelineConfig, r_train: DatasetSpec, s_spec: DatasetSpec | N
 
 def _run_mix(cfg: PipelineConfig, frames: dict[str, list[str]], refiner_runs: dict[str, list[RefinerRun]],
              runs_by_arm: dict[str, list[Run]], r_train: DatasetSpec, r_val: DatasetSpec,
-             r_test: DatasetSpec, out: Path, anchors: list[list[float]]) -> str | None:
+             r_test: DatasetSpec, out: Path, anchors: list[list[float]],
+             detectors: Callable[[dict[str, list[DetectorJob]]], dict[str, list[Run]]]) -> str | None:
     """Thesis Table 4.6: R_train plus k x |R_train| images of one S+ (the first refiner seed's),
     chosen by F1 on R_val (never on R_test) unless the config names it."""
     if "mix" not in cfg.experiments or not refiner_runs:
@@ -652,16 +697,19 @@ def _run_mix(cfg: PipelineConfig, frames: dict[str, list[str]], refiner_runs: di
                   for name in refiner_runs}
         mix_name = max(scores, key=lambda n: scores[n])
     first = refiner_runs[mix_name][0]
+    jobs: dict[str, list[DetectorJob]] = {}
     for ratio in cfg.mix_ratios:
         row = f"R_train + {_ratio_text(ratio)}x {mix_name}"
         if ratio == 0:  # the thesis's "+ 0x" row is R_train alone: reuse those runs
-            runs_by_arm[row] = runs_by_arm["R_train"]
+            jobs[row] = []
             continue
         limit = round(ratio * len(frames["train"]))
-        runs_by_arm[row] = [
-            train_and_test(row, [r_train, DatasetSpec(str(first.refined), limit=limit, seed=seed)],
-                           [r_val], [r_test], cfg, out, seed, anchors, first.seed)
-            for seed in cfg.detector_seeds or []]
+        jobs[row] = [DetectorJob(row, [r_train, DatasetSpec(str(first.refined), limit=limit, seed=seed)],
+                                 [r_val], [r_test], seed, first.seed)
+                     for seed in cfg.detector_seeds or []]
+    trained = detectors(jobs)
+    for row, row_jobs in jobs.items():  # in ratio order, as the table lists them
+        runs_by_arm[row] = trained[row] if row_jobs else runs_by_arm["R_train"]
     return mix_name
 
 
@@ -941,6 +989,12 @@ def _main(argv: list[str]) -> int:
 examples:
   python -m refiner_daemon.evaluation.pipeline --config exp1.json
   python -m refiner_daemon.evaluation.pipeline --config exp1.json --dry-run
+  # the detector runs as Ray tasks: a local 8-CPU instance, 2 CPUs per run (4 at a time)
+  python -m refiner_daemon.evaluation.pipeline --config exp1.json --engine ray --ray-cpus 8 \
+      --cpus-per-task 2
+  # on a cluster (the project's environment on every node, out_dir on a shared file system)
+  python -m refiner_daemon.evaluation.pipeline --config exp1.json --engine ray --address auto \
+      --cpus-per-task 4 --gpus-per-task 0.5
 Every stage's folder is keyed on what determines it, so a rerun continues a stopped run and a
 changed config reruns only what it changes. A refiner that makes S worse on R_val stops the
 run with its numbers and contact sheet; --allow-harmful-refiner runs its arms anyway, marked.""")
@@ -951,6 +1005,21 @@ run with its numbers and contact sheet; --allow-harmful-refiner runs its arms an
     parser.add_argument("--allow-harmful-refiner", action="store_true",
                         help="run the arms of a refiner that fails the gate, marked as harmful")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the config, then stop")
+    where = parser.add_argument_group("where the detector runs happen (never what they compute)")
+    where.add_argument("--engine", choices=list(SWEEP_ENGINES), default="local",
+                       help="local: one run after another in this process (default); ray: every "
+                            "arm x seed run as a Ray task, retried when its worker dies "
+                            "(needs 'pip install ray==2.60.0')")
+    where.add_argument("--address", metavar="ADDR",
+                       help="ray: join this cluster ('auto', 'HOST:6379'); default: a local instance")
+    where.add_argument("--ray-cpus", type=int, metavar="N",
+                       help="ray: CPUs of the local instance (default: all of this machine)")
+    where.add_argument("--cpus-per-task", type=int, default=1, metavar="N",
+                       help="ray: CPUs (and torch threads) each detector run declares (default 1)")
+    where.add_argument("--gpus-per-task", type=float, default=0.0, metavar="G",
+                       help="ray: GPUs each detector run declares, e.g. 0.5 to share one (default 0)")
+    where.add_argument("--max-retries", type=int, default=2,
+                       help="ray: retries of a run whose worker died (default 2)")
     args = parser.parse_args(argv)
     try:
         data = json.loads(args.config.read_text())
@@ -966,10 +1035,12 @@ run with its numbers and contact sheet; --allow-harmful-refiner runs its arms an
         config = PipelineConfig.from_dict(data)
     except (OSError, json.JSONDecodeError, ValueError) as exc:
         raise PipelineError(f"{args.config}: {exc}; fix the config (see --help for an example)") from exc
+    sweep = SweepOptions(args.engine, args.address, args.ray_cpus, args.cpus_per_task,
+                         args.gpus_per_task, args.max_retries)
     if args.dry_run:
         print(json.dumps(config.to_dict(), indent=2))
         return 0
-    results = run_pipeline(config)
+    results = run_pipeline(config, sweep)
     print(render_tables(results))
     return 0
 

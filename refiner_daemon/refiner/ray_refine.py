@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protocol import processes
+from protocol import processes, ray_session
 from refiner_daemon.refiner.batch_refine import (
     BatchRefineConfig,
     BatchRefineError,
@@ -39,8 +39,6 @@ from refiner_daemon.refiner.batch_refine import (
     refine_images,
 )
 
-RAY_INSTALL_HINT = "pip install ray==2.60.0"
-RAY_OBJECT_STORE_BYTES = 128 * 1024 * 1024  # calls carry frame ids and summaries, not pixels
 # A marker file path: the first actor call on a chunk of 2+ frames that finds no such file
 # creates it and SIGKILLs its own actor after one frame (only the fault-tolerance test sets it).
 KILL_ONCE_ENV = "FISHEYE_SYNTH_TEST_KILL_ACTOR_ONCE"
@@ -68,19 +66,11 @@ class RayRefineOptions:
                 raise BatchRefineError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.gpus_per_actor < 0 or self.max_retries < 0:
             raise BatchRefineError("--gpus-per-actor and --max-retries must be >= 0")
-        if self.address is not None and self.ray_cpus is not None:
-            raise BatchRefineError("--ray-cpus sizes a local Ray instance; with --address the "
-                                   "cluster's own size applies (drop one of the two)")
+        ray_session.check_address(self.address, self.ray_cpus, BatchRefineError)
 
 
 def import_ray() -> Any:
-    try:
-        import ray
-    except ImportError as exc:
-        raise BatchRefineError(f"--engine ray needs Ray, which is not installed ({exc}); install "
-                               f"it with '{RAY_INSTALL_HINT}', or refine through a daemon "
-                               "(--engine daemon)") from None
-    return ray
+    return ray_session.import_ray(BatchRefineError, "refine through a daemon (--engine daemon)")
 
 
 class RefinerActor:
@@ -123,24 +113,6 @@ class RefinerActor:
                 "actor_pid": os.getpid()}
 
 
-def _connect(ray: Any, options: RayRefineOptions) -> bool:
-    if ray.is_initialized():
-        return False
-    try:
-        # ray.init installs a native SIGTERM handler that exits 1 at once; keep the command's.
-        with processes.python_handlers_kept():
-            if options.address is not None:
-                ray.init(address=options.address, include_dashboard=False)
-            else:
-                ray.init(num_cpus=options.ray_cpus or len(os.sched_getaffinity(0)),
-                         include_dashboard=False, object_store_memory=RAY_OBJECT_STORE_BYTES)
-    except Exception as exc:
-        where = f"the Ray cluster at {options.address!r}" if options.address else "a local Ray instance"
-        raise BatchRefineError(f"could not start or join {where}: {exc}; check --address, or set "
-                               "RAY_TMPDIR to a short folder when a socket path is too long") from exc
-    return True
-
-
 def refine_dataset_ray(in_dir: str | Path, out_dir: str | Path, model_path: str | Path,
                        config: BatchRefineConfig | None = None,
                        options: RayRefineOptions | None = None, *,
@@ -155,7 +127,7 @@ def refine_dataset_ray(in_dir: str | Path, out_dir: str | Path, model_path: str 
                                "DIR/<model>.pt, as for `refiner-daemon serve`")
     ray = import_ray()
     started = time.perf_counter()
-    started_ray = _connect(ray, options)
+    started_ray = ray_session.connect(ray, options.address, options.ray_cpus, BatchRefineError)
     try:
         actor_class = ray.remote(num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor,
                                  max_restarts=options.max_retries,
@@ -220,10 +192,9 @@ def _run_chunks(ray: Any, actors: Sequence[Any], chunks: list[list[str]],
                     try:
                         result = ray.get(ref)
                     except ray.exceptions.RayError as exc:  # its retries are used up
-                        lines = str(exc).strip().splitlines() or [""]
                         raise BatchRefineError(
                             f"refining frames {chunks[task][0]}..{chunks[task][-1]} failed on Ray "
-                            f"({type(exc).__name__}: {lines[-1]}); rerun the same command to "
+                            f"({ray_session.last_line(exc)}); rerun the same command to "
                             "resume (finished frames are kept)") from exc
                     results.append(result)
                     bar.update(len(chunks[result["task"]]))
