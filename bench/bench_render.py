@@ -81,22 +81,15 @@ def _render_timed(settings: Any, folder: Path, window: tuple[int, int, int, int]
                   warm_up: bool = True, seed_offset: int = 0) -> tuple[np.ndarray, float]:
     """Render frame 0 inside ``window`` only (Cycles border render), after a warm-up render
     when asked; return the window's pixels and the seconds of the timed render."""
-    import bpy
-
     from blender_addon.bl.render import FrameRenderer
     from blender_addon.core.batch import prepare_run_folder
+    from blender_addon.core.render_region import Region
 
+    x0, y0, x1, y1 = window
     config = _config(settings)
     prepare_run_folder(folder, config)
-    renderer = FrameRenderer(config, folder, threads=2, cycles_seed_offset=seed_offset)
-    render = bpy.context.scene.render
-    canvas = renderer.settings.canvas_px
-    ox, oy = renderer.settings.crop_offset_px
-    x0, y0, x1, y1 = window
-    render.use_border, render.use_crop_to_border = True, False
-    # Blender's border is in canvas fractions with y measured from the bottom.
-    render.border_min_x, render.border_max_x = (x0 + ox) / canvas, (x1 + ox) / canvas
-    render.border_min_y, render.border_max_y = 1 - (y1 + oy) / canvas, 1 - (y0 + oy) / canvas
+    renderer = FrameRenderer(config, folder, threads=2, cycles_seed_offset=seed_offset,
+                             window=Region(*window))
     if warm_up:
         renderer.render_frame(0)
     started = time.perf_counter()

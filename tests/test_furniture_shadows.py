@@ -47,5 +47,6 @@ def test_furniture_catches_shadows_and_still_hides_people(tmp_path: Path, monkey
     bare = (plain == photo_srgb).all(axis=-1)
     change = (catching - plain).mean(axis=-1)[bare]
     assert bare.sum() > 5000
-    assert (change <= 0).all()
+    # Never lighter by more than the rounding to 8 bits (one level in one channel).
+    assert (change <= 1 / 3 + 1e-9).all()
     assert (change < -2).sum() > 100  # the people's shadows on the tables, desks and cabinet

@@ -26,6 +26,7 @@ from blender_addon.bl import scene_build
 from blender_addon.core import batch, camera_sensor, dataset, soft_masks
 from blender_addon.core.batch import BatchConfig, FrameRecipe, PersonRecipe
 from blender_addon.core.lighting import LightingRig
+from blender_addon.core.render_region import Region, people_region
 from blender_addon.core.scene_format import SceneSpec, load_scene
 from protocol import coverage as coverage_file
 
@@ -79,11 +80,15 @@ class FrameRenderer:
     """Renders frames of one run; one instance per worker process."""
 
     def __init__(self, config: BatchConfig, out: Path, scene: SceneSpec | None = None,
-                 threads: int = 0, cycles_seed_offset: int = 0, reset: bool = True) -> None:
+                 threads: int = 0, cycles_seed_offset: int = 0, reset: bool = True,
+                 window: Region | None = None) -> None:
         # reset=False builds into the current scene instead of a factory-empty Blender: only
         # inside scene_state.preserved(hide_existing=True) (render_in_place), which undoes it.
         # cycles_seed_offset decorrelates a benchmark's reference from the renders it scores.
+        # window: render only this rectangle, whatever config.render.region says (benchmarks
+        # score settings in one window against a costly reference of that window alone).
         self.cycles_seed_offset = cycles_seed_offset
+        self.window = window
         self.config = config
         self.out = Path(out)
         self.scene = scene or load_scene(config.scene)
@@ -198,6 +203,8 @@ class FrameRenderer:
         people = self._add_people(recipe)
         try:
             self._animate(people)
+            region = self._render_region(people, rig)
+            scene_build.set_render_border(region, self.camera)
             collections = [p.collection for p in people]
             for person in people:
                 scene_build.add_mask_layer(f"{MASK_LAYER_PREFIX}{person.recipe.pass_index}",
@@ -208,7 +215,7 @@ class FrameRenderer:
         finally:
             scene_build.remove_view_layers(f"{MASK_LAYER_PREFIX}{p.recipe.pass_index}" for p in people)
             self._remove_people(people)
-        record = self._write(index, recipe, people, passes, assets)
+        record = self._write(index, recipe, people, passes, assets, region)
         print(f"frame {index}: {len(people)} people, {time.monotonic() - started:.1f} s", flush=True)
         return record
 
@@ -220,6 +227,15 @@ class FrameRenderer:
         rng = np.random.default_rng([recipe.seed, RIG_STREAM])
         ceiling = self.scene.camera_position[2] + 0.05
         return sample_office_rig(rng, self.scene.floor_polygons, ceiling)
+
+    def _render_region(self, people: list[_Person], rig: LightingRig) -> Region | None:
+        """The rectangle the people and their visible shadows can change (None: all of it)."""
+        if self.window is not None:
+            return self.window
+        if self.config.render.region == "full":
+            return None
+        boxes = [box for box in (scene_build.world_box(p.collection) for p in people) if box is not None]
+        return people_region(self.camera, boxes, rig, self.scene.floor_polygons)
 
     def _crop(self, array: np.ndarray) -> np.ndarray:
         return scene_build.crop_to_output(array, self.camera)
@@ -243,10 +259,13 @@ class FrameRenderer:
 
     def _write(self, index: int, recipe: FrameRecipe, people: list[_Person],
                passes: dict[str, dict[str, np.ndarray]],
-               assets: dict[int, set[str]]) -> dict[str, Any]:
+               assets: dict[int, set[str]], region: Region | None) -> dict[str, Any]:
         main = passes[scene_build.MAIN_LAYER]
         combined = self._crop(main["Combined"])
         catcher = self._crop(main["Shadow Catcher"]) if "Shadow Catcher" in main else None
+        if catcher is not None and region is not None:
+            # Outside the border Cycles leaves the pass empty (0); there nothing is shadowed.
+            catcher = np.where(region.mask(self.camera.width, self.camera.height)[..., None], catcher, 1.0)
         valid_ids = {p.recipe.pass_index for p in people}
         ids = np.rint(self._crop(main["Object Index"])).astype(np.int64)
         ids[~np.isin(ids, list(valid_ids))] = 0
@@ -300,6 +319,8 @@ class FrameRenderer:
                 "lighting_rig": self._lighting_rig(recipe).to_dict(),
                 "people": [p.record for p in people],
                 "sensor": sensor.to_dict() if sensor is not None else None,
+                # The rendered rectangle (output pixels); outside it the frame is the photo.
+                "render_region": region.to_dict() if region is not None else None,
                 "versions": batch.versions(),
             },
         }

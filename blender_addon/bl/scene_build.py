@@ -20,6 +20,7 @@ import numpy as np
 from blender_addon.core.batch import LightingRecipe
 from blender_addon.core.fisheye import FisheyeCamera
 from blender_addon.core.lighting import LightingRig
+from blender_addon.core.render_region import Region, box_corners
 
 MAIN_LAYER = "main"
 FURNITURE_COLLECTION = "furniture_proxies"
@@ -147,6 +148,41 @@ def add_fisheye_camera(camera: FisheyeCamera) -> bpy.types.Object:
     scene.render.resolution_x = settings.canvas_px
     scene.render.resolution_y = settings.canvas_px
     return obj
+
+
+def set_render_border(region: Region | None, camera: FisheyeCamera) -> None:
+    """Render only ``region`` (output pixels) of the frame, or all of it for None. The passes
+    keep the full canvas size; pixels outside the border stay empty (0)."""
+    render = bpy.context.scene.render
+    if region is None:
+        render.use_border = False
+        return
+    settings = camera.cycles_settings()
+    canvas = settings.canvas_px
+    ox, oy = settings.crop_offset_px
+    render.use_border, render.use_crop_to_border = True, False
+    # Blender's border is in canvas fractions with y measured from the bottom.
+    render.border_min_x, render.border_max_x = (region.x0 + ox) / canvas, (region.x1 + ox) / canvas
+    render.border_min_y = 1 - (region.y1 + oy) / canvas
+    render.border_max_y = 1 - (region.y0 + oy) / canvas
+
+
+def world_box(collection: bpy.types.Collection) -> np.ndarray | None:
+    """The 8 corners of the world-space box around every posed mesh or curve in ``collection``
+    (the evaluated geometry: armature and shape keys applied), or None when it has none."""
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    points = []
+    for obj in collection.all_objects:
+        if obj.type not in {"MESH", "CURVES", "CURVE"}:
+            continue
+        evaluated = obj.evaluated_get(depsgraph)
+        matrix = np.array(evaluated.matrix_world, dtype=np.float64)
+        local = np.array([tuple(corner) for corner in evaluated.bound_box], dtype=np.float64)
+        points.append(local @ matrix[:3, :3].T + matrix[:3, 3])
+    if not points:
+        return None
+    merged = np.concatenate(points)
+    return box_corners(merged.min(axis=0), merged.max(axis=0))
 
 
 def crop_to_output(array: np.ndarray, camera: FisheyeCamera) -> np.ndarray:

@@ -42,6 +42,9 @@ RUN_REPORTS_DIR = "run_reports"  # one JSON per shard: every invocation's engine
 FRAMES_DIR, IMAGES_DIR, MASKS_DIR = "frames", "images", "masks"
 HUMAN_BACKENDS = ("mpfb2", "proxy")
 DEVICES = ("auto", "cpu", "gpu")
+# people: render only the rectangle the people and their visible shadows can change (the rest
+# of the frame is the photo; core.render_region); full: every pixel, as runs made before it did.
+REGIONS = ("people", "full")
 
 
 class BatchError(ValueError):
@@ -63,6 +66,7 @@ class RenderSettings:
     motion_blur_shutter: float = 0.5  # in frames; 0 = off
     device: str = "auto"
     mask_mode: str = "soft"
+    region: str = "people"
 
     def __post_init__(self) -> None:
         if not 16 <= self.resolution <= 8192:
@@ -77,6 +81,8 @@ class RenderSettings:
             raise BatchError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.mask_mode not in MASK_MODES:
             raise BatchError(f"mask_mode must be one of {MASK_MODES}, got {self.mask_mode!r}")
+        if self.region not in REGIONS:
+            raise BatchError(f"region must be one of {REGIONS}, got {self.region!r}")
 
 
 # Named quality presets. "thesis" is Table 7.2's setting (350 samples, no denoiser);
@@ -147,7 +153,8 @@ class BatchConfig:
         if unknown:
             raise BatchError(f"run config has unknown fields {unknown}; valid: {sorted(known)}")
         values = dict(data)
-        values["render"] = RenderSettings(**values.get("render", {}))
+        # A run config written before render regions existed rendered every pixel.
+        values["render"] = RenderSettings(**{"region": "full", **values.get("render", {})})
         placement = dict(values.get("placement", {}))
         for key in ("sitting_range", "standing_range"):
             if key in placement:

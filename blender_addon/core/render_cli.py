@@ -132,6 +132,9 @@ def build_parser(prog: str = "python -m blender_addon.bl.cli_entry") -> argparse
                               "vignetting, blur, noise, JPEG): a profile from 'python -m "
                               "blender_addon.core.camera_sensor measure REAL_FRAMES --out PROFILE', or "
                               "'photo' to measure the scene's photo (default: off)")
+    quality.add_argument("--region", choices=batch.REGIONS,
+                         help="people (default): render only the rectangle the people and their "
+                              "visible shadows can change, the rest is the photo; full: every pixel")
     masks = quality.add_mutually_exclusive_group()
     masks.add_argument("--mask-mode", choices=MASK_MODES,
                        help="soft (default): also write each person's anti-aliased coverage PNG "
@@ -182,7 +185,7 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         batch.preset(args.preset), resolution=args.resolution, samples=args.samples,
         adaptive_threshold=args.adaptive_threshold, denoise=args.denoise,
         motion_blur_shutter=args.motion_blur, device=args.device,
-        mask_mode=getattr(args, "mask_mode", None))
+        mask_mode=getattr(args, "mask_mode", None), region=getattr(args, "region", None))
     placement = PlacementConfig(sitting_range=tuple(args.sitting), standing_range=tuple(args.standing))  # type: ignore[arg-type]
     assets = None
     if not getattr(args, "no_assets", False) and args.human_backend == "mpfb2":
