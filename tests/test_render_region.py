@@ -101,7 +101,10 @@ def test_region_render_equals_full_render_inside_and_photo_outside(tmp_path: Pat
         return out
 
     full, people = render("full"), render("people")
-    read = lambda out, kind: np.asarray(Image.open(out / kind / "000000.png")).astype(int)  # noqa: E731
+
+    def read(out: Path, kind: str) -> np.ndarray:
+        return np.asarray(Image.open(out / kind / "000000.png")).astype(int)
+
     record = json.loads((people / "frames" / "000000.json").read_text())
     box = record["manifest"]["render_region"]
     assert json.loads((full / "frames" / "000000.json").read_text())["manifest"]["render_region"] is None

@@ -25,7 +25,13 @@ import numpy as np
 from blender_addon.bl import scene_build
 from blender_addon.core import batch, camera_sensor, dataset, soft_masks
 from blender_addon.core.batch import BatchConfig, FrameRecipe, PersonRecipe
-from blender_addon.core.lighting import LightingRig
+from blender_addon.core.lighting import (
+    LightingRig,
+    PhotoMatch,
+    match_to_photo,
+    photo_statistics,
+    sample_office_rig,
+)
 from blender_addon.core.render_region import Region, people_region
 from blender_addon.core.scene_format import SceneSpec, load_scene
 from protocol import coverage as coverage_file
@@ -121,6 +127,7 @@ class FrameRenderer:
         self.photo = dataset.load_photo_linear(self.scene.photo_path, (self.camera.width, self.camera.height))
         tint = self.photo.reshape(-1, 3).mean(axis=0)
         self.photo_tint = tint / max(float(tint.max()), 1e-6)
+        self.photo_statistics = photo_statistics(self.photo)
         self.scene_hashes = {
             "scene_json_sha256": batch.file_sha256(self.scene.root / "scene.json"),
             "photo_sha256": batch.file_sha256(self.scene.photo_path),
@@ -197,7 +204,7 @@ class FrameRenderer:
         lighting = recipe.lighting
         ambient = tuple(float(c * t) for c, t in zip(lighting.ambient_color, self.photo_tint))
         # The room photo's tint colours the ambient light, so people match the photo.
-        rig = self._lighting_rig(recipe)
+        rig, photo_match = self._lighting_rig(recipe)
         scene_build.apply_lighting(dataclasses.replace(lighting, ambient_color=ambient), rig)
         bpy.context.scene.cycles.seed = (recipe.cycles_seed + self.cycles_seed_offset) % (2**31 - 1)
         people = self._add_people(recipe)
@@ -215,18 +222,21 @@ class FrameRenderer:
         finally:
             scene_build.remove_view_layers(f"{MASK_LAYER_PREFIX}{p.recipe.pass_index}" for p in people)
             self._remove_people(people)
-        record = self._write(index, recipe, people, passes, assets, region)
+        record = self._write(index, recipe, people, passes, assets, region, rig, photo_match)
         print(f"frame {index}: {len(people)} people, {time.monotonic() - started:.1f} s", flush=True)
         return record
 
-    def _lighting_rig(self, recipe: FrameRecipe) -> LightingRig:
+    def _lighting_rig(self, recipe: FrameRecipe) -> tuple[LightingRig, PhotoMatch | None]:
         """Ceiling panels (and maybe a window) over the floor, drawn from the frame's seed on
-        a stream of its own, so the recipe's other draws stay as they were."""
-        from blender_addon.core.lighting import sample_office_rig
-
+        a stream of its own, so the recipe's other draws stay as they were; then, with
+        ``match_photo``, white-balanced and exposed as the photo (its draw on a third stream)."""
         rng = np.random.default_rng([recipe.seed, RIG_STREAM])
         ceiling = self.scene.camera_position[2] + 0.05
-        return sample_office_rig(rng, self.scene.floor_polygons, ceiling)
+        rig = sample_office_rig(rng, self.scene.floor_polygons, ceiling)
+        if not self.config.match_photo:
+            return rig, None
+        cast, median = self.photo_statistics
+        return match_to_photo(rig, cast, median, np.random.default_rng([recipe.seed, RIG_STREAM, 1]))
 
     def _render_region(self, people: list[_Person], rig: LightingRig) -> Region | None:
         """The rectangle the people and their visible shadows can change (None: all of it)."""
@@ -259,7 +269,8 @@ class FrameRenderer:
 
     def _write(self, index: int, recipe: FrameRecipe, people: list[_Person],
                passes: dict[str, dict[str, np.ndarray]],
-               assets: dict[int, set[str]], region: Region | None) -> dict[str, Any]:
+               assets: dict[int, set[str]], region: Region | None, rig: LightingRig,
+               photo_match: PhotoMatch | None) -> dict[str, Any]:
         main = passes[scene_build.MAIN_LAYER]
         combined = self._crop(main["Combined"])
         catcher = self._crop(main["Shadow Catcher"]) if "Shadow Catcher" in main else None
@@ -316,7 +327,8 @@ class FrameRenderer:
                 "config": self.config.to_dict(),
                 "recipe": recipe.to_dict(),
                 # The lights people were rendered under (the recipe's sun is not used).
-                "lighting_rig": self._lighting_rig(recipe).to_dict(),
+                "lighting_rig": rig.to_dict(),
+                "photo_match": photo_match.to_dict() if photo_match is not None else None,
                 "people": [p.record for p in people],
                 "sensor": sensor.to_dict() if sensor is not None else None,
                 # The rendered rectangle (output pixels); outside it the frame is the photo.

@@ -120,6 +120,9 @@ class BatchConfig:
     # The real camera's look for the rendered people (a camera_sensor profile, kept in the run
     # config so that every worker applies the same); None = the render as Cycles made it.
     sensor: dict[str, Any] | None = None
+    # Light colour and power matched to the room photo (white balance and exposure from its
+    # statistics; core.lighting.match_to_photo), else the sampled rig as drawn.
+    match_photo: bool = False
 
     def __post_init__(self) -> None:
         if self.count < 1:

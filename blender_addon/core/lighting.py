@@ -13,7 +13,10 @@ irradiance at 2.5 m in front of it times pi d^2 (a Lambertian emitter's on-axis 
 P / pi). The targets (1-2.5 W/m^2 from the ceiling, 0.8-3 W/m^2 from a window) match the range
 of the sun this replaces (strength 0.5-3 W/m^2), so people keep the photo's exposure.
 
-Entry points: :func:`sample_office_rig`, :func:`kelvin_to_linear_rgb`.
+With ``--match-photo`` the rig is then matched to the room photo (:func:`match_to_photo`):
+white balance from the photo's grey world, exposure from its median luminance.
+
+Entry points: :func:`sample_office_rig`, :func:`match_to_photo`, :func:`kelvin_to_linear_rgb`.
 """
 
 from __future__ import annotations
@@ -165,3 +168,59 @@ def facing(light: AreaLight) -> np.ndarray:
     rot_y = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     rot_z = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
     return rot_z @ rot_y @ rot_x @ np.array([0.0, 0.0, -1.0])  # Blender's XYZ Euler order
+
+
+# ---------------------------------------------------------------------------------------------
+# Matching the rig to the room photo.
+
+
+@dataclass(frozen=True)
+class PhotoMatch:
+    """How a rig was matched to its photo (recorded in every frame's manifest)."""
+
+    cast: RGB  # the photo's grey-world colour, largest channel 1
+    median_luminance: float  # linear, over the photo's image circle
+    albedo: float  # the grey assumed for the photo's median surface (drawn)
+    gain: float  # the factor applied to every light's power
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def photo_statistics(photo_linear: np.ndarray) -> tuple[RGB, float]:
+    """The grey-world cast (largest channel 1) and median linear luminance of a photo's lit
+    pixels (the black outside a fisheye's image circle left out)."""
+    pixels = np.asarray(photo_linear, dtype=np.float64).reshape(-1, 3)
+    luminance = pixels @ np.array([0.2126, 0.7152, 0.0722])
+    lit = pixels[luminance > 2e-3]
+    if len(lit) == 0:
+        raise ValueError("the photo is black: no pixel to match the lights to")
+    mean = lit.mean(axis=0)
+    cast = mean / mean.max()
+    return (float(cast[0]), float(cast[1]), float(cast[2])), float(np.median(luminance[luminance > 2e-3]))
+
+
+def match_to_photo(rig: LightingRig, cast: RGB, median_luminance: float,
+                   rng: np.random.Generator) -> tuple[LightingRig, PhotoMatch]:
+    """The rig as the photo's camera would have recorded it.
+
+    White balance: a camera balances out its room's light, so the room's fittings take the
+    photo's grey-world colour, and each light keeps only its difference from the room's colour
+    temperature (a daylight window stays bluer than warm panels). Exposure: the photo's median
+    surface, a grey of albedo ``a`` ~ U(0.2, 0.4), reads ``median_luminance`` = a E / pi, so
+    the ceiling lights' target floor irradiance becomes E = pi median / a and every power is
+    scaled by E over the rig's own target."""
+    albedo = float(rng.uniform(0.2, 0.4))
+    target = math.pi * median_luminance / albedo
+    gain = target / rig.floor_irradiance
+    room = np.asarray(kelvin_to_linear_rgb(rig.kelvin))
+    lights = []
+    for light in rig.lights:
+        colour = np.asarray(cast) * np.asarray(kelvin_to_linear_rgb(light.kelvin)) / room
+        colour = colour / colour.max()
+        lights.append(AreaLight(light.name, light.kind, light.position, light.rotation_deg, light.size,
+                                round(light.power_w * gain, 4),
+                                (round(float(colour[0]), 5), round(float(colour[1]), 5), round(float(colour[2]), 5)),
+                                light.kelvin))
+    matched = LightingRig(tuple(lights), rig.fixture, rig.kelvin, round(target, 4), rig.spacing, rig.window)
+    return matched, PhotoMatch(cast, round(median_luminance, 6), round(albedo, 4), round(gain, 4))

@@ -127,6 +127,9 @@ def build_parser(prog: str = "python -m blender_addon.bl.cli_entry") -> argparse
                          help="OpenImageDenoise on/off")
     quality.add_argument("--motion-blur", type=float, help="shutter in frames (0 = off)")
     quality.add_argument("--device", choices=batch.DEVICES, help="Cycles device (default auto: GPU when present)")
+    quality.add_argument("--match-photo", action="store_true",
+                         help="white-balance and expose the lights as the room photo's camera did "
+                              "(its grey-world colour and median brightness; default: the rig as drawn)")
     quality.add_argument("--sensor", metavar="PROFILE",
                          help="give the people the real camera's look (white balance, exposure, "
                               "vignetting, blur, noise, JPEG): a profile from 'python -m "
@@ -199,7 +202,8 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
     return BatchConfig(scene=str(args.scene), count=args.count, seed=args.seed, preset=args.preset,
                        render=render, placement=placement, human_backend=args.human_backend,
                        pose_library=args.pose_library, assets=assets,
-                       sensor=_sensor_profile(getattr(args, "sensor", None), args.scene))
+                       sensor=_sensor_profile(getattr(args, "sensor", None), args.scene),
+                       match_photo=bool(getattr(args, "match_photo", False)))
 
 
 def _sensor_profile(choice: str | None, scene: str) -> dict[str, Any] | None:
