@@ -57,7 +57,8 @@ def test_zmq_only_in_transport() -> None:
 
 
 # Ray is optional: only the engine modules may import it (inside functions, see test_engines.py).
-RAY_MODULES = {"blender_addon/core/engines.py", "refiner_daemon/refiner/ray_refine.py"}
+RAY_MODULES = {"protocol/ray_session.py", "blender_addon/core/engines.py",
+               "refiner_daemon/evaluation/sweep.py"}
 
 
 def test_ray_only_in_engine_modules() -> None:

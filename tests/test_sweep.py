@@ -5,6 +5,7 @@ task whose worker is killed is retried, with the retry in the sweep report."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,14 @@ def test_options_name_the_problem() -> None:
         SweepOptions(engine="ray", cpus_per_task=0)
 
 
-def test_local_sweep_keeps_the_jobs_order_and_reports_each() -> None:
+def test_local_sweep_keeps_the_jobs_order_and_reports_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # the local engine never needs Ray
     results, report = run_sweep(abs, [-3, 2, -1], SweepOptions(), progress=False)
     assert results == [3, 2, 1]
     assert [job["job"] for job in report.jobs] == ["-3", "2", "-1"]
     assert report.to_dict()["retries"] == 0 and report.engine == "local"
+    with pytest.raises(SweepError, match="needs Ray, which is not installed.*--engine local"):
+        run_sweep(abs, [1], SweepOptions(engine="ray"), progress=False)
 
 
 def _settings(tmp_path: Path, out: str) -> dict[str, Any]:
