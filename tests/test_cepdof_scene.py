@@ -74,6 +74,11 @@ def test_scene_is_built_from_training_frames_only(tmp_path) -> None:
     assert document["camera"]["lens"]["fov_deg"] == pytest.approx(185.0, abs=6.0)
     # One seat per person, under their heads; the table is a holdout box at its top height.
     assert len(scene.seats) == 5
+    # Occupancy: the fewest and most people the training frames showed (all seated here).
+    annotations = json.loads((data / "annotations.json").read_text())["annotations"]
+    per_frame = [sum(a["image_id"] == frame for a in annotations) for frame in train]
+    assert document["occupancy"] == {"sitting": [min(per_frame), max(per_frame)], "standing": [0, 0]}
+    assert scene.occupancy is not None and scene.occupancy.sitting == (min(per_frame), max(per_frame))
     assert [f.name for f in scene.furniture] == ["table"]
     assert scene.furniture[0].size[2] == pytest.approx(0.74)
     assert scene.floor_polygons and len(scene.floor_polygons[0]) == 4

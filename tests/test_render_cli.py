@@ -45,6 +45,29 @@ def test_dry_run_prints_the_validated_config(tmp_path: Path, capsys: pytest.Capt
     assert not (tmp_path / "o").exists()
 
 
+def test_people_per_frame_default_to_the_scene_occupancy(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    def placement(scene: str, *extra: str) -> dict:
+        argv = ["--scene", scene, "--count", "2", "--out", str(tmp_path / "o"), "--dry-run", *extra]
+        assert run(argv, fake_backend()) == 0
+        return json.loads(capsys.readouterr().out)["config"]["placement"]
+
+    # Without an occupancy: thesis Table 7.2.
+    table = placement(SCENE)
+    assert (table["sitting_range"], table["standing_range"]) == ([1, 5], [0, 4])
+    # A scene that says what its room holds: that, unless a flag says otherwise.
+    scene = tmp_path / "room"
+    scene.mkdir()
+    document = json.loads((Path(SCENE) / "scene.json").read_text())
+    document["occupancy"] = {"sitting": [5, 7], "standing": [0, 1]}
+    (scene / "scene.json").write_text(json.dumps(document))
+    (scene / document["photo"]).symlink_to(Path(SCENE) / document["photo"])
+    room = placement(str(scene))
+    assert (room["sitting_range"], room["standing_range"]) == ([5, 7], [0, 1])
+    mixed = placement(str(scene), "--standing", "2,3")
+    assert (mixed["sitting_range"], mixed["standing_range"]) == ([5, 7], [2, 3])
+
+
 def test_pool_recycles_workers_and_resume_renders_only_missing(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "o"

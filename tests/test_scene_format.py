@@ -87,6 +87,23 @@ def test_bad_fields_are_named(tmp_path: Path, path: str, value: Any, message: st
     assert str(tmp_path / "scene.json") in str(info.value)
 
 
+def test_occupancy_is_optional_and_checked(tmp_path: Path) -> None:
+    data = _sample_copy(tmp_path)
+    assert _write_and_load(tmp_path, data).occupancy is None
+    seats = len(data["seats"])
+    data["occupancy"] = {"sitting": [1, seats], "standing": [0, 2]}
+    scene = _write_and_load(tmp_path, data)
+    assert scene.occupancy is not None and scene.occupancy.sitting == (1, seats)
+    assert scene.to_dict()["occupancy"] == {"sitting": [1, seats], "standing": [0, 2]}
+    for bad, message in (({"sitting": [3, 1], "standing": [0, 0]}, r"occupancy\.sitting: must be \[MIN, MAX\]"),
+                         ({"sitting": [0, 1.5], "standing": [0, 0]}, "whole numbers"),
+                         ({"sitting": [0, seats + 1], "standing": [0, 0]}, f"the scene has {seats} seats"),
+                         ({"sitting": [0, 1]}, r"occupancy\.standing: is missing")):
+        data["occupancy"] = bad
+        with pytest.raises(SceneFormatError, match=message):
+            _write_and_load(tmp_path, data)
+
+
 def test_duplicate_furniture_names_are_rejected(tmp_path: Path) -> None:
     data = _sample_copy(tmp_path)
     data["furniture"][1]["name"] = data["furniture"][0]["name"]

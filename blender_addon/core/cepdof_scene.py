@@ -180,6 +180,20 @@ def seats_from_people(annotations: dict[str, Any], ids: Sequence[str], camera: F
     return seats
 
 
+def occupancy_from_frames(annotations: dict[str, Any], ids: Sequence[str], standing: Sequence[int],
+                          seats: int) -> dict[str, list[int]]:
+    """The fewest and most sitting and standing people in one of the frames ``ids`` (people in
+    ``standing`` stand, the rest sit), sitting capped at the number of seats."""
+    counts = {str(i): [0, 0] for i in ids}
+    for entry in annotations["annotations"]:
+        image = str(entry["image_id"])
+        if image in counts:
+            counts[image][int(entry.get("person_id") in set(standing))] += 1
+    sitting = [min(c[0], seats) for c in counts.values()]
+    upright = [c[1] for c in counts.values()]
+    return {"sitting": [min(sitting), max(sitting)], "standing": [min(upright), max(upright)]}
+
+
 def _closest_point_on_box(box: dict[str, Any], point: tuple[float, float]) -> tuple[float, float]:
     yaw = math.radians(box["yaw_deg"])
     c, s = math.cos(yaw), math.sin(yaw)
@@ -237,6 +251,8 @@ def build_scene(data: str | Path, out: str | Path, train_ids: Sequence[str],
     document["floor"] = {"polygons": floors}
     document["furniture"] = furniture
     document["seats"] = [{k: v for k, v in s.items() if k not in ("person_id", "head_px")} for s in seats]
+    # The render CLI's default people per frame: what the real frames showed.
+    document["occupancy"] = occupancy_from_frames(annotations, train_ids, standing, len(seats))
     document["build_report"] = {
         "train_frames": list(train_ids),
         "plate": plate.report,

@@ -102,10 +102,12 @@ def build_parser(prog: str = "python -m blender_addon.bl.cli_entry") -> argparse
     what.add_argument("--count", type=int, help="number of frames in the dataset")
     what.add_argument("--seed", type=int, default=0, help="global seed (default 0)")
     what.add_argument("--out", type=Path, required=True, help="output dataset folder")
-    what.add_argument("--sitting", type=_int_range, default=(1, 5),
-                      help="sitting people per frame, inclusive MIN,MAX (default 1,5: thesis Table 7.2)")
-    what.add_argument("--standing", type=_int_range, default=(0, 4),
-                      help="standing people per frame, inclusive MIN,MAX (default 0,4)")
+    what.add_argument("--sitting", type=_int_range,
+                      help="sitting people per frame, inclusive MIN,MAX (default: the scene's "
+                           "occupancy when it has one, else 1,5: thesis Table 7.2)")
+    what.add_argument("--standing", type=_int_range,
+                      help="standing people per frame, inclusive MIN,MAX (default: the scene's "
+                           "occupancy when it has one, else 0,4)")
     what.add_argument("--human-backend", choices=batch.HUMAN_BACKENDS, default="mpfb2",
                       help="mpfb2: MakeHuman people (default); proxy: box-and-sphere stand-ins "
                            "for fast pipeline tests")
@@ -189,7 +191,8 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         adaptive_threshold=args.adaptive_threshold, denoise=args.denoise,
         motion_blur_shutter=args.motion_blur, device=args.device,
         mask_mode=getattr(args, "mask_mode", None), region=getattr(args, "region", None))
-    placement = PlacementConfig(sitting_range=tuple(args.sitting), standing_range=tuple(args.standing))  # type: ignore[arg-type]
+    sitting, standing = _people_ranges(args.scene, args.sitting, args.standing)
+    placement = PlacementConfig(sitting_range=sitting, standing_range=standing)
     assets = None
     if not getattr(args, "no_assets", False) and args.human_backend == "mpfb2":
         from blender_addon.core.garments import AssetError, find_assets_root
@@ -225,6 +228,24 @@ class Backend:
 
     worker_command: Callable[[Path, list[int], int], list[str]]  # (out, frames, threads)
     render_in_process: Callable[[Path, list[int], int], None]  # (out, frames, threads)
+
+
+TABLE_7_2_SITTING, TABLE_7_2_STANDING = (1, 5), (0, 4)
+
+
+def _people_ranges(scene: str, sitting: tuple[int, int] | None,
+                   standing: tuple[int, int] | None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """People per frame: the flags, else the scene's occupancy, else thesis Table 7.2."""
+    if sitting is not None and standing is not None:
+        return tuple(sitting), tuple(standing)  # type: ignore[return-value]
+    try:
+        occupancy = load_scene(scene).occupancy
+    except SceneFormatError as exc:
+        raise BatchError(str(exc)) from exc
+    defaults = ((occupancy.sitting, occupancy.standing) if occupancy is not None
+                else (TABLE_7_2_SITTING, TABLE_7_2_STANDING))
+    return (tuple(sitting) if sitting is not None else defaults[0],  # type: ignore[return-value]
+            tuple(standing) if standing is not None else defaults[1])
 
 
 def _write_contact_sheet(out: Path, path: Path) -> None:

@@ -23,8 +23,13 @@ validated on load; an error names the file and the field and says what would be 
       "furniture": [{"name": "desk_1", "center": [x, y, z], "size": [sx, sy, sz],
                      "yaw_deg": 0.0, "holdout": true, "obstacle": true}],
       "seats": [{"name": "chair_1", "position": [x, y], "height_m": 0.46,
-                 "facing_deg": 90.0, "facing_jitter_deg": 15.0}]
+                 "facing_deg": 90.0, "facing_jitter_deg": 15.0}],
+      "occupancy": {"sitting": [5, 7], "standing": [0, 1]}   # optional
     }
+
+``occupancy`` is how many people the room holds in a frame, inclusive ranges per posture (for
+a scene built from real frames, what those frames showed). The render CLI uses it when
+``--sitting``/``--standing`` are not given; without it, thesis Table 7.2's 1-5 and 0-4.
 
 Lens models: ``equidistant`` and ``equisolid`` (``focal_px``), ``kannala_brandt`` (``focal_px``
 and four ``coefficients``: OpenCV fisheye D), ``cycles_polynomial`` (five ``coefficients``
@@ -88,6 +93,17 @@ class Seat:
 
 
 @dataclass(frozen=True)
+class Occupancy:
+    """People per frame the room usually holds: inclusive (min, max) per posture."""
+
+    sitting: tuple[int, int]
+    standing: tuple[int, int]
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {"sitting": list(self.sitting), "standing": list(self.standing)}
+
+
+@dataclass(frozen=True)
 class SceneSpec:
     """A validated scene. ``camera_for(width)`` gives the fisheye camera at an output size."""
 
@@ -102,6 +118,7 @@ class SceneSpec:
     floor_polygons: tuple[tuple[tuple[float, float], ...], ...]
     furniture: tuple[FurnitureProxy, ...]
     seats: tuple[Seat, ...]
+    occupancy: Occupancy | None = None
 
     def output_size(self, long_side: int | None) -> tuple[int, int]:
         """Output image size with the photo's aspect ratio and ``long_side`` pixels (or native)."""
@@ -146,6 +163,7 @@ class SceneSpec:
             "camera_rotation_deg": list(self.camera_rotation_deg),
             "n_furniture": len(self.furniture),
             "n_seats": len(self.seats),
+            "occupancy": self.occupancy.to_dict() if self.occupancy is not None else None,
         }
 
 
@@ -337,6 +355,21 @@ def load_scene(folder: str | Path) -> SceneSpec:
             facing_jitter_deg=item.number("facing_jitter_deg", 15.0, minimum=0.0),
         ))
 
+    occupancy = None
+    if top.has("occupancy"):
+        fields = top.child("occupancy")
+        ranges = {}
+        for posture in ("sitting", "standing"):
+            low, high = fields.vector(posture, 2)
+            if low != int(low) or high != int(high) or not 0 <= low <= high:
+                fields.fail(f"must be [MIN, MAX] whole numbers with 0 <= MIN <= MAX, got {[low, high]}",
+                            posture)
+            ranges[posture] = (int(low), int(high))
+        if ranges["sitting"][1] > len(seats):
+            fields.fail(f"up to {ranges['sitting'][1]} sitting people but the scene has {len(seats)} "
+                        "seats", "sitting")
+        occupancy = Occupancy(ranges["sitting"], ranges["standing"])
+
     return SceneSpec(
         name=name,
         root=path.parent,
@@ -349,4 +382,5 @@ def load_scene(folder: str | Path) -> SceneSpec:
         floor_polygons=polygons,
         furniture=tuple(furniture),
         seats=tuple(seats),
+        occupancy=occupancy,
     )
