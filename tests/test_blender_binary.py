@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import site
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from blender_addon.core import blender_version
 from blender_addon.core.render_cli import BLENDER_BATCH_FLAGS, blender_script_command
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -91,11 +94,37 @@ def test_blender_binary_renders_the_same_dataset_as_pip_bpy(tmp_path: Path) -> N
     assert len(coco[0]["annotations"]) == len(coco[1]["annotations"])
 
 
+def _any_blender() -> tuple[str, tuple[int, ...]]:
+    """``BLENDER_BIN``, else a ``blender`` on PATH (any version), with its version; skips
+    without one."""
+    binary = os.environ.get("BLENDER_BIN") or shutil.which("blender")
+    if not binary:
+        pytest.skip("no Blender binary: set BLENDER_BIN=/path/to/blender, or put one on PATH")
+    run = subprocess.run([binary, "-b", "--factory-startup", "--version"], capture_output=True, text=True,
+                         timeout=120, check=False)
+    found = re.search(r"Blender (\d+)\.(\d+)(?:\.(\d+))?", run.stdout)
+    if found is None:
+        pytest.fail(f"{binary} --version printed no Blender version: {run.stdout[-500:]}{run.stderr[-500:]}")
+    return binary, tuple(int(v or 0) for v in found.groups())
+
+
+def test_an_older_blender_refuses_with_a_clear_message_and_exit_code() -> None:
+    """The documented command line under a Blender older than 5.0 (e.g. Debian's 3.4 package)
+    stops before importing anything an old Blender cannot load, says why, and exits 2."""
+    binary, version = _any_blender()
+    if version >= blender_version.MIN_BLENDER_VERSION:
+        pytest.skip(f"{binary} is Blender {version}: this test needs one older than 5.0")
+    for script in (ENTRY, "blender_addon/ui/preview_worker.py"):
+        run = subprocess.run([*blender_script_command(binary, script), "--help"], cwd=PROJECT,
+                             capture_output=True, text=True, timeout=300, check=False)
+        assert run.returncode == 2, (script, run.returncode, run.stderr[-2000:])
+        assert "Fisheye Synth needs Blender 5.0.0 or newer, but this is Blender" in run.stderr
+        assert "Traceback" not in run.stderr + run.stdout
+
+
 def test_a_python_error_under_the_binary_exits_nonzero(tmp_path: Path) -> None:
     """--python-exit-code 1: a failing script must not look like a finished render."""
-    binary = os.environ.get("BLENDER_BIN")
-    if not binary:
-        pytest.skip("no Blender binary: set BLENDER_BIN=/path/to/blender (5.0 or newer) to run this")
+    binary, _ = _any_blender()
     script = tmp_path / "fail.py"
     script.write_text("raise RuntimeError('boom')\n")
     run = subprocess.run(blender_script_command(binary, script), capture_output=True, text=True, timeout=300,

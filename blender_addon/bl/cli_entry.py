@@ -22,6 +22,12 @@ if __package__ in (None, ""):
 
 import bpy
 
+from blender_addon.core import blender_version
+
+# Before anything else of the project is imported: an older Blender (or its Python) would not
+# get as far as a clear message otherwise.
+blender_version.exit_if_unsupported(bpy.app.version)
+
 from blender_addon.core.render_cli import Backend, blender_script_command, run
 from protocol.cli import run_main
 

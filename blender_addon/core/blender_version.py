@@ -13,6 +13,7 @@ is tested without an old Blender.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 MIN_BLENDER_VERSION: tuple[int, int, int] = (5, 0, 0)
@@ -39,3 +40,13 @@ def check(version: Sequence[int], minimum: Sequence[int] = MIN_BLENDER_VERSION) 
             f"Fisheye Synth needs Blender {version_text(minimum)} or newer, but this is Blender "
             f"{version_text(version)}: {WHY}. Install Blender {version_text(minimum[:2])} or newer "
             "(https://www.blender.org/download/) and enable the add-on there.")
+
+
+def exit_if_unsupported(version: Sequence[int]) -> None:
+    """For scripts a Blender binary runs (``-P``): print the refusal and exit with code 2 when
+    ``version`` is too old, before the script imports anything an old Blender cannot load."""
+    try:
+        check(version)
+    except UnsupportedBlenderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

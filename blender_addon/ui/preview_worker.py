@@ -34,6 +34,10 @@ if __package__ in (None, ""):
 
 import bpy
 
+from blender_addon.core import blender_version
+
+blender_version.exit_if_unsupported(bpy.app.version)  # before what an old Blender cannot load
+
 from blender_addon.core import batch
 from blender_addon.core.batch import FrameRecipe
 
