@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bench.report import print_table, write_result
+from bench.report import RESULTS_DIR, print_table, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = str(ROOT / "scenes" / "sample_office")
@@ -227,7 +227,13 @@ def quality_benchmark(tmp: Path) -> dict[str, Any]:
     reference, reference_s, _ = _render_frame({"samples": REFERENCE_SAMPLES, "adaptive_threshold": 0.0,
                                                "denoise": False}, tmp / "reference", window, seed_offset=7919)
     inner = (slice(y0 + 1, y1 - 1), slice(x0 + 1, x1 - 1))  # the border's edge pixels may be partial
-    photo = images[QUALITY_SETTINGS[2][0]]  # outside the people, a region render is the photo
+    # "People": the pixels the people change (bodies and shadows): where the reference differs
+    # from the bare room photo, as the compositing writes it (8-bit sRGB).
+    from blender_addon.core.dataset import linear_to_srgb, load_photo_linear
+    from blender_addon.core.scene_format import load_scene
+
+    photo_linear = load_photo_linear(load_scene(SCENE).photo_path, (QUALITY_RESOLUTION, QUALITY_RESOLUTION))
+    photo = (np.clip(linear_to_srgb(photo_linear), 0.0, 1.0) * 255.0 + 0.5).astype(np.int64).astype(np.float64)
     people = np.abs(reference[inner] - photo[inner]).max(axis=2) > 2.0
     rows = []
     for name, run in runs.items():
@@ -270,15 +276,27 @@ def ddp_benchmark(tmp: Path) -> dict[str, Any]:
 
 def main() -> None:
     load_before = os.getloadavg()
-    # BENCH_SCALE_PARTS=chain,quality,ddp (default all) runs a part alone.
+    # BENCH_SCALE_PARTS=chain,quality,ddp (default all) reruns some parts; the others keep the
+    # results (and the time, under "measured") of the last run that measured them.
     parts = os.environ.get("BENCH_SCALE_PARTS", "chain,quality,ddp").split(",")
+    previous_path = RESULTS_DIR / "scale.json"
+    previous = json.loads(previous_path.read_text()) if previous_path.is_file() else {}
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    measured = dict(previous.get("measured", {}))
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as name:
         tmp = Path(name)
-        chain = chain_benchmark(tmp) if "chain" in parts else None
-        quality = quality_benchmark(tmp) if "quality" in parts else None
-        ddp = ddp_benchmark(tmp) if "ddp" in parts else None
+        results: dict[str, Any] = {}
+        for part, bench, key in (("chain", chain_benchmark, "chain"), ("quality", quality_benchmark, "render_quality"),
+                                 ("ddp", ddp_benchmark, "ddp")):
+            if part in parts:
+                results[key] = bench(tmp)
+                measured[key] = {"at": stamp, "load_average_1min_before": load_before[0]}
+            else:
+                results[key] = previous.get(key)
+        chain, quality, ddp = results["chain"], results["render_quality"], results["ddp"]
     write_result("scale", {
         "cpu_count": os.cpu_count(),
+        "measured": measured,
         "load_average_1_5_15_min": {"before": list(load_before), "after": list(os.getloadavg())},
         "frames_per_minute": None if chain is None else {
             "local": chain["engines"]["local"]["frames_per_minute"],

@@ -26,6 +26,7 @@ import sys
 import tokenize
 import tomllib
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -95,13 +96,20 @@ def build_wheel(out_dir: Path, name: str, version: str, summary: str,
 
 def vendored_python(source: str) -> str:
     """``source`` with the project's packages renamed to their vendored names (``VENDORED``):
-    the first name of every ``import``/``from`` statement, and string literals naming a module
-    (``"-m", "blender_addon.bl.cli_entry"``). Tokens, not text: a word in a comment, a
-    docstring or a message is left alone."""
+    the first name of every ``import``/``from`` statement (``import blender_addon`` becomes
+    ``import fisheye_synth_addon as blender_addon``, so the code's later uses still work), and
+    one-line string literals that start with a module path (``"-m", "blender_addon.bl.cli_entry"``,
+    also a help text's command). Tokens, not text: comments, docstrings and other words stay."""
     replacements: list[tuple[int, int, int, str]] = []  # (row, start col, end col, new text)
+    tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    significant = [t for t in tokens if t.type not in (tokenize.COMMENT, tokenize.NL)]
+
+    def tokens_after(position: tuple[int, int]) -> Iterator[str]:
+        return (t.string for t in significant if t.start >= position)
+
     statement: str | None = None  # "import" or "from" while inside one
     expect_name = False
-    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+    for token in tokens:
         if token.type == tokenize.NAME and token.string in ("import", "from") and statement is None:
             statement, expect_name = token.string, True
             continue
@@ -110,13 +118,23 @@ def vendored_python(source: str) -> str:
             continue
         if statement is not None and expect_name and token.type == tokenize.NAME:
             if token.string in VENDORED:
-                replacements.append((*token.start, token.end[1], VENDORED[token.string]))
+                new = VENDORED[token.string]
+                if statement == "import":
+                    # "import blender_addon" binds the name the code then uses: keep it bound.
+                    following = next(tokens_after(token.end), "")
+                    if following == ".":
+                        raise BuildError(f"line {token.start[0]}: 'import {token.string}.<module>' binds "
+                                         f"{token.string!r}, which vendoring renames; write 'from "
+                                         f"{token.string}... import ...' instead")
+                    if following != "as":
+                        new = f"{new} as {token.string}"
+                replacements.append((*token.start, token.end[1], new))
             expect_name = False
         elif statement == "import" and token.string == ",":
             expect_name = True  # import a, b
         elif statement == "from" and token.string == "import":
             statement = "names"  # the names after "from X import" are not packages
-        if token.type == tokenize.STRING:
+        if token.type == tokenize.STRING and token.start[0] == token.end[0]:  # one-line strings
             body = token.string.strip("\"'")
             for old, new in VENDORED.items():
                 if body.startswith(old + "."):  # a module path; a bare word may be a key

@@ -68,6 +68,28 @@ def _manifest(zip_path: Path) -> dict:
         return tomllib.loads(archive.read("blender_manifest.toml").decode())
 
 
+def test_vendoring_renames_imports_and_module_paths_only() -> None:
+    source = ('"""Docs about blender_addon.core stay."""\n'
+              "import os, blender_addon\n"
+              "import protocol as wire\n"
+              "from blender_addon.core import batch  # blender_addon.core in a comment\n"
+              "from typing import Protocol\n"
+              'command = ["-m", "blender_addon.bl.cli_entry"]; from protocol.cli import run_main\n'
+              'key = "protocol"\n'
+              "blender_addon.register()\n")
+    assert build_extension.vendored_python(source) == (
+        '"""Docs about blender_addon.core stay."""\n'
+        "import os, fisheye_synth_addon as blender_addon\n"
+        "import fisheye_synth_protocol as wire\n"
+        "from fisheye_synth_addon.core import batch  # blender_addon.core in a comment\n"
+        "from typing import Protocol\n"
+        'command = ["-m", "fisheye_synth_addon.bl.cli_entry"]; from fisheye_synth_protocol.cli import run_main\n'
+        'key = "protocol"\n'
+        "blender_addon.register()\n")
+    with pytest.raises(build_extension.BuildError, match="from blender_addon... import"):
+        build_extension.vendored_python("import blender_addon.core\n")
+
+
 def test_manifest_is_complete_and_its_wheels_exist(offline_zip: Path) -> None:
     manifest = _manifest(offline_zip)
     assert manifest["id"] == "fisheye_synth" and manifest["type"] == "add-on"

@@ -68,6 +68,21 @@ def test_people_per_frame_default_to_the_scene_occupancy(tmp_path: Path,
     assert (mixed["sitting_range"], mixed["standing_range"]) == ([5, 7], [2, 3])
 
 
+def test_a_run_from_before_render_regions_resumes_with_the_same_command(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "old"
+    assert run(_args(out, "--dry-run"), fake_backend()) == 0
+    config = json.loads(capsys.readouterr().out)["config"]
+    assert config["render"]["region"] == "people"  # a new run: the default
+    del config["render"]["region"]  # what a run folder written before regions existed holds
+    out.mkdir()
+    (out / batch.RUN_CONFIG).write_text(json.dumps({"config": config}))
+    assert run(_args(out, "--dry-run"), fake_backend()) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["render"]["region"] == "full"
+    assert run(_args(out, "--region", "people", "--dry-run"), fake_backend()) == 0  # a flag wins
+    assert json.loads(capsys.readouterr().out)["config"]["render"]["region"] == "people"
+
+
 def test_pool_recycles_workers_and_resume_renders_only_missing(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "o"

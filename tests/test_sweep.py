@@ -24,6 +24,8 @@ def test_options_name_the_problem() -> None:
         SweepOptions(engine="ray", address="auto", ray_cpus=4)
     with pytest.raises(SweepError, match="--cpus-per-task must be >= 1"):
         SweepOptions(engine="ray", cpus_per_task=0)
+    with pytest.raises(SweepError, match="--address, --cpus-per-task only apply with --engine ray"):
+        SweepOptions(engine="local", address="auto", cpus_per_task=2)
 
 
 def test_local_sweep_keeps_the_jobs_order_and_reports_each(monkeypatch: pytest.MonkeyPatch) -> None:

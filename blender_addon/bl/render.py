@@ -127,7 +127,8 @@ class FrameRenderer:
         self.photo = dataset.load_photo_linear(self.scene.photo_path, (self.camera.width, self.camera.height))
         tint = self.photo.reshape(-1, 3).mean(axis=0)
         self.photo_tint = tint / max(float(tint.max()), 1e-6)
-        self.photo_statistics = photo_statistics(self.photo)
+        # Only --match-photo reads them (a photo they cannot be taken from fails there, not here).
+        self.photo_statistics = photo_statistics(self.photo) if config.match_photo else None
         self.scene_hashes = {
             "scene_json_sha256": batch.file_sha256(self.scene.root / "scene.json"),
             "photo_sha256": batch.file_sha256(self.scene.photo_path),
@@ -235,6 +236,7 @@ class FrameRenderer:
         rig = sample_office_rig(rng, self.scene.floor_polygons, ceiling)
         if not self.config.match_photo:
             return rig, None
+        assert self.photo_statistics is not None  # set in __init__ when match_photo is
         cast, median = self.photo_statistics
         return match_to_photo(rig, cast, median, np.random.default_rng([recipe.seed, RIG_STREAM, 1]))
 

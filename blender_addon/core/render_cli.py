@@ -190,7 +190,7 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         batch.preset(args.preset), resolution=args.resolution, samples=args.samples,
         adaptive_threshold=args.adaptive_threshold, denoise=args.denoise,
         motion_blur_shutter=args.motion_blur, device=args.device,
-        mask_mode=getattr(args, "mask_mode", None), region=getattr(args, "region", None))
+        mask_mode=getattr(args, "mask_mode", None), region=_region(args))
     sitting, standing = _people_ranges(args.scene, args.sitting, args.standing)
     placement = PlacementConfig(sitting_range=sitting, standing_range=standing)
     assets = None
@@ -231,6 +231,22 @@ class Backend:
 
 
 TABLE_7_2_SITTING, TABLE_7_2_STANDING = (1, 5), (0, 4)
+
+
+def _region(args: argparse.Namespace) -> str | None:
+    """``--region``, else the region of the run already in ``--out`` (a run made before regions
+    existed rendered every pixel and resumes that way), else None (the preset's default)."""
+    if getattr(args, "region", None) is not None or not getattr(args, "out", None):
+        return getattr(args, "region", None)
+    path = Path(args.out) / batch.RUN_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        existing = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # prepare_run_folder reports an unreadable run config
+    config = existing.get("config", existing)
+    return str(config.get("render", {}).get("region", "full"))
 
 
 def _people_ranges(scene: str, sitting: tuple[int, int] | None,

@@ -101,7 +101,7 @@ def shadow_points(occluders: np.ndarray, rig: LightingRig | None,
                   min_share: float = MIN_SHADOW_SHARE) -> np.ndarray:
     """Points (M, 3) that bound the visible shadows ``occluders`` (N, 3) cast in ``rig``: along
     each ray from a light's corner through an occluder point down to the floor (z = 0), the
-    floor point clipped to ``floor_box`` (xmin, ymin, xmax, ymax, where the catcher is)."""
+    points cut to ``floor_box`` (xmin, ymin, xmax, ymax: the room, where the catchers are)."""
     if rig is None or not rig.lights:
         return np.empty((0, 3))
     lights = _light_points(rig)
@@ -115,15 +115,17 @@ def shadow_points(occluders: np.ndarray, rig: LightingRig | None,
             points = occluders[above]
             t = corner[2] / (corner[2] - points[:, 2])  # corner + t (p - corner) reaches z = 0
             hits = corner + t[:, None] * (points - corner)
-            hits[:, 0] = np.clip(hits[:, 0], xmin, xmax)
-            hits[:, 1] = np.clip(hits[:, 1], ymin, ymax)
             own = _irradiance(hits, centre, direction, power)
             total = sum(_irradiance(hits, c, d, p) for _, d, p, c in lights)
             visible = own >= min_share * np.maximum(total, 1e-12)
             if not visible.any():
                 continue
+            # Along the true ray (furniture on the way catches it too), then cut to the room.
             steps = np.linspace(0.0, 1.0, SEGMENT_STEPS)[:, None, None]
-            found.append((points[visible] + steps * (hits[visible] - points[visible])).reshape(-1, 3))
+            segment = (points[visible] + steps * (hits[visible] - points[visible])).reshape(-1, 3)
+            segment[:, 0] = np.clip(segment[:, 0], xmin, xmax)
+            segment[:, 1] = np.clip(segment[:, 1], ymin, ymax)
+            found.append(segment)
     return np.concatenate(found) if found else np.empty((0, 3))
 
 

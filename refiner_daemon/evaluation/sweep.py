@@ -12,7 +12,10 @@ fail the same way again.
 - ``ray``: one Ray task per job, declaring ``cpus_per_task`` CPUs (also its torch threads) and
   ``gpus_per_task`` GPUs, retried up to ``max_retries`` times when its worker dies. The driver
   starts a local instance (``ray_cpus``) or joins ``address``; every node needs this project's
-  environment and the experiment folder on a shared file system.
+  environment and the experiment folder on a shared file system, and each task works in the
+  driver's folder when the node has it (relative paths in a config mean the same there). Ray
+  hides the GPUs from a task that declares none, so with ``gpus_per_task`` 0 the runs train on
+  the CPU even where a local run would use a GPU.
 """
 
 from __future__ import annotations
@@ -62,6 +65,13 @@ class SweepOptions:
         if self.ray_cpus is not None and self.ray_cpus < 1:
             raise SweepError(f"--ray-cpus must be >= 1, got {self.ray_cpus}")
         ray_session.check_address(self.address, self.ray_cpus, SweepError)
+        if self.engine == "local":
+            given = [flag for flag, value, default in (
+                ("--address", self.address, None), ("--ray-cpus", self.ray_cpus, None),
+                ("--cpus-per-task", self.cpus_per_task, 1), ("--gpus-per-task", self.gpus_per_task, 0.0))
+                if value != default]
+            if given:
+                raise SweepError(f"{', '.join(given)} only apply with --engine ray; add it, or drop them")
 
 
 @dataclass
@@ -98,8 +108,8 @@ def _run_local(run: Callable[[Job], Result], jobs: list[Job], options: SweepOpti
     return results, SweepReport("local", time.monotonic() - started, records, {})
 
 
-def attempt(run: Callable[[Job], Result], job: Job, index: int, threads: int,
-            log: Any) -> tuple[Result, str]:
+def attempt(run: Callable[[Job], Result], job: Job, index: int, threads: int, log: Any,
+            cwd: str | None = None) -> tuple[Result, str]:
     """Body of one Ray task: check in with the attempt log, then ``run(job)`` on ``threads``
     torch threads (what Ray granted, not every core of the node); returns the result and the
     node it ran on."""
@@ -107,11 +117,20 @@ def attempt(run: Callable[[Job], Result], job: Job, index: int, threads: int,
     import torch
 
     number = int(ray.get(log.start.remote(index)))
+    if cwd is not None and Path(cwd).is_dir():
+        os.chdir(cwd)  # the driver's folder, so relative paths in the job mean the same here
     marker = os.environ.get(KILL_ONCE_ENV)
-    if marker and not Path(marker).exists():
-        # Test hook (tests/test_sweep.py): die the way a killed worker does, once per marker.
-        Path(marker).write_text(f"{index} {os.getpid()}\n", encoding="utf-8")
-        os.kill(os.getpid(), signal.SIGKILL)
+    if marker:
+        # Test hook (tests/test_sweep.py): die the way a killed worker does, once per marker
+        # (O_EXCL: of two tasks starting together, only one creates it).
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pass
+        else:
+            os.write(fd, f"{index} {os.getpid()}\n".encode())
+            os.close(fd)
+            os.kill(os.getpid(), signal.SIGKILL)
     torch.set_num_threads(threads)
     try:
         return run(job), socket.gethostname()
@@ -137,7 +156,7 @@ def _run_ray(run: Callable[[Job], Result], jobs: list[Job], options: SweepOption
                                 max_retries=options.max_retries, retry_exceptions=False)(attempt)
             log = ray.remote(num_cpus=0)(ray_session.AttemptLog).remote()
             for index, job in enumerate(jobs):
-                refs[remote.remote(run, job, index, options.cpus_per_task, log)] = index
+                refs[remote.remote(run, job, index, options.cpus_per_task, log, os.getcwd())] = index
             waiting = list(refs)
             with tqdm(total=len(jobs), desc="detectors", unit="run", disable=not progress) as bar:
                 while waiting:
