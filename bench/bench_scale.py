@@ -293,6 +293,8 @@ def main() -> None:
                 measured[key] = {"at": stamp, "load_average_1min_before": load_before[0]}
             else:
                 results[key] = previous.get(key)
+                if results[key] is not None and key not in measured:  # from a run before "measured"
+                    measured[key] = {"at": previous.get("timestamp")}
         chain, quality, ddp = results["chain"], results["render_quality"], results["ddp"]
     write_result("scale", {
         "cpu_count": os.cpu_count(),
