@@ -54,6 +54,7 @@ PROXIES = {
     "pixel_width": 128,  # drawn on a half-size view: the build scales them
     "floor_px": [[[30, 30], [98, 30], [98, 98], [30, 98]]],
     "furniture": [{"name": "table", "top_px": [[55, 55], [75, 55], [75, 70], [55, 70]], "top_height_m": 0.74}],
+    "chairs": {"fabric_srgb": [0.5, 0.2, 0.2]},
 }
 
 
@@ -80,6 +81,8 @@ def test_scene_is_built_from_training_frames_only(tmp_path) -> None:
     assert document["occupancy"] == {"sitting": [min(per_frame), max(per_frame)], "standing": [0, 0]}
     assert scene.occupancy is not None and scene.occupancy.sitting == (min(per_frame), max(per_frame))
     assert [f.name for f in scene.furniture] == ["table"]
+    # The plate lost the chairs with the people: the scene asks the renderer for them.
+    assert scene.chairs is not None and scene.chairs.fabric_srgb == (0.5, 0.2, 0.2)
     assert scene.furniture[0].size[2] == pytest.approx(0.74)
     assert scene.floor_polygons and len(scene.floor_polygons[0]) == 4
     # The photo is the plate: no person colour is left in it.
@@ -124,6 +127,7 @@ def test_committed_proxies_hold_geometry_only() -> None:
     assert sorted(p.name for p in folder.iterdir()) == ["proxies.json"]
     proxies = json.loads(cs.DEFAULT_PROXIES.read_text())
     assert proxies["pixel_width"] == 1024 and proxies["floor_px"] and proxies["furniture"]
+    assert set(proxies["chairs"]) == {"fabric_srgb", "frame_srgb"}  # colours, picked off the plate
 
 
 @pytest.mark.realdata

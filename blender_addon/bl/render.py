@@ -3,7 +3,8 @@
 ``FrameRenderer(scene, config)`` builds the static part once per worker process (Cycles
 settings, fisheye camera, shadow-catcher floor, furniture proxies); ``render_frame(i)``
 then, for frame i: draws its recipe, adds the people (each in its own collection, with its
-instance id as ``pass_index``), lights the room, animates a small shift for motion blur,
+instance id as ``pass_index``) and, where the scene asks for them, a chair at every seat
+(``core.chairs``), lights the room, animates a small shift for motion blur,
 adds one 1-sample view layer per person (their unoccluded silhouettes), renders everything
 in one call, composites the people and their shadows over the room photo, derives the
 annotations in numpy, writes image, mask, soft masks and per-frame JSON (last), and removes
@@ -25,6 +26,7 @@ import numpy as np
 from blender_addon.bl import scene_build
 from blender_addon.core import batch, camera_sensor, dataset, soft_masks
 from blender_addon.core.batch import BatchConfig, FrameRecipe, PersonRecipe
+from blender_addon.core.chairs import Chair, frame_chairs, part_corners
 from blender_addon.core.lighting import (
     LightingRig,
     PhotoMatch,
@@ -209,21 +211,28 @@ class FrameRenderer:
         scene_build.apply_lighting(dataclasses.replace(lighting, ambient_color=ambient), rig)
         bpy.context.scene.cycles.seed = (recipe.cycles_seed + self.cycles_seed_offset) % (2**31 - 1)
         people = self._add_people(recipe)
+        chairs = frame_chairs(self.scene, recipe.people)
+        chair_collection = None
         try:
+            if chairs:
+                assert self.scene.chairs is not None  # frame_chairs gives chairs only then
+                chair_collection = scene_build.add_chairs(chairs, self.scene.chairs)
             self._animate(people)
-            region = self._render_region(people, rig)
+            region = self._render_region(people, rig, chairs)
             scene_build.set_render_border(region, self.camera)
             collections = [p.collection for p in people]
             for person in people:
                 scene_build.add_mask_layer(f"{MASK_LAYER_PREFIX}{person.recipe.pass_index}",
-                                           person.collection, collections)
+                                           person.collection, collections, chair_collection)
             passes = scene_build.render_layers()
             # Read now: the names go with the objects when the people are removed.
             assets = {p.recipe.pass_index: _asset_names(p.collection) for p in people}
         finally:
             scene_build.remove_view_layers(f"{MASK_LAYER_PREFIX}{p.recipe.pass_index}" for p in people)
             self._remove_people(people)
-        record = self._write(index, recipe, people, passes, assets, region, rig, photo_match)
+            if chair_collection is not None:
+                scene_build.remove_chairs(chair_collection)
+        record = self._write(index, recipe, people, passes, assets, region, rig, photo_match, chairs)
         print(f"frame {index}: {len(people)} people, {time.monotonic() - started:.1f} s", flush=True)
         return record
 
@@ -240,13 +249,15 @@ class FrameRenderer:
         cast, median = self.photo_statistics
         return match_to_photo(rig, cast, median, np.random.default_rng([recipe.seed, RIG_STREAM, 1]))
 
-    def _render_region(self, people: list[_Person], rig: LightingRig) -> Region | None:
-        """The rectangle the people and their visible shadows can change (None: all of it)."""
+    def _render_region(self, people: list[_Person], rig: LightingRig, chairs: list[Chair]) -> Region | None:
+        """The rectangle the people, the chairs and their visible shadows can change (None:
+        all of it)."""
         if self.window is not None:
             return self.window
         if self.config.render.region == "full":
             return None
         boxes = [box for box in (scene_build.world_box(p.collection) for p in people) if box is not None]
+        boxes += [part_corners(part) for chair in chairs for part in chair.parts]
         return people_region(self.camera, boxes, rig, self.scene.floor_polygons)
 
     def _crop(self, array: np.ndarray) -> np.ndarray:
@@ -272,7 +283,7 @@ class FrameRenderer:
     def _write(self, index: int, recipe: FrameRecipe, people: list[_Person],
                passes: dict[str, dict[str, np.ndarray]],
                assets: dict[int, set[str]], region: Region | None, rig: LightingRig,
-               photo_match: PhotoMatch | None) -> dict[str, Any]:
+               photo_match: PhotoMatch | None, chairs: list[Chair]) -> dict[str, Any]:
         main = passes[scene_build.MAIN_LAYER]
         combined = self._crop(main["Combined"])
         catcher = self._crop(main["Shadow Catcher"]) if "Shadow Catcher" in main else None
@@ -332,6 +343,8 @@ class FrameRenderer:
                 "lighting_rig": rig.to_dict(),
                 "photo_match": photo_match.to_dict() if photo_match is not None else None,
                 "people": [p.record for p in people],
+                # Chairs rendered at the seats (scenes with "chairs"): which seat, who sat.
+                "chairs": [{"seat": c.seat, "occupant": c.occupant} for c in chairs],
                 "sensor": sensor.to_dict() if sensor is not None else None,
                 # The rendered rectangle (output pixels); outside it the frame is the photo.
                 "render_region": region.to_dict() if region is not None else None,

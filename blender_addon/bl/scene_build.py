@@ -1,7 +1,7 @@
 """Builds the static Blender scene a frame is rendered in, from pure-Python descriptions.
 
 Read top to bottom: reset, render settings, fisheye camera, shadow-catcher floor (the annotated
-floor region), furniture proxies (shadow-catching holdouts), lights (an indoor rig of area lights, or a sun), then ``render_layers`` renders and reads every view layer's passes back
+floor region), furniture proxies (shadow-catching holdouts), chairs (visible, per frame), lights (an indoor rig of area lights, or a sun), then ``render_layers`` renders and reads every view layer's passes back
 from a multilayer EXR into numpy. People are added per frame by ``blender_addon.bl.render``.
 """
 
@@ -18,9 +18,12 @@ import bpy
 import numpy as np
 
 from blender_addon.core.batch import LightingRecipe
+from blender_addon.core.chairs import Chair
+from blender_addon.core.dataset import srgb_to_linear
 from blender_addon.core.fisheye import FisheyeCamera
 from blender_addon.core.lighting import LightingRig
 from blender_addon.core.render_region import Region, box_corners
+from blender_addon.core.scene_format import ChairStyle
 
 MAIN_LAYER = "main"
 FURNITURE_COLLECTION = "furniture_proxies"
@@ -288,6 +291,39 @@ def add_furniture_proxies(furniture: Iterable[object], catch_shadows: bool = Tru
     return collection
 
 
+CHAIR_COLLECTION = "chairs"
+
+
+def add_chairs(chairs: Sequence[Chair], style: ChairStyle) -> bpy.types.Collection:
+    """The frame's rendered chairs (``core.chairs``): visible, shadow-casting boxes with a
+    fabric cushion and backrest and a metal frame, object index 0 (never a person's)."""
+    collection = bpy.data.collections.new(CHAIR_COLLECTION)
+    bpy.context.scene.collection.children.link(collection)
+    materials = {
+        "fabric": _material("chair_fabric", srgb_to_linear(np.asarray(style.fabric_srgb)).tolist(), roughness=0.9),
+        "frame": _material("chair_frame", srgb_to_linear(np.asarray(style.frame_srgb)).tolist(), roughness=0.35),
+    }
+    materials["frame"].node_tree.nodes["Principled BSDF"].inputs["Metallic"].default_value = 0.8
+    for chair in chairs:
+        for part in chair.parts:
+            obj = add_box(f"chair_{chair.seat}_{part.name}", part.center, part.size, part.yaw_deg,
+                          material=materials[part.material], collection=collection)
+            obj.pass_index = 0
+    return collection
+
+
+def remove_chairs(collection: bpy.types.Collection) -> None:
+    """Delete a frame's chairs, their meshes and their materials."""
+    materials = {slot for obj in collection.objects for slot in obj.data.materials}
+    for obj in list(collection.objects):
+        mesh = obj.data
+        bpy.data.objects.remove(obj, do_unlink=True)
+        bpy.data.meshes.remove(mesh)
+    for material in materials:
+        bpy.data.materials.remove(material)
+    bpy.data.collections.remove(collection)
+
+
 RIG_COLLECTION = "lighting_rig"
 
 
@@ -359,7 +395,8 @@ def add_marker(name: str, location: Sequence[float], radius: float, pass_index: 
     return obj
 
 
-def add_mask_layer(name: str, include: bpy.types.Collection, all_people: Sequence[bpy.types.Collection]) -> None:
+def add_mask_layer(name: str, include: bpy.types.Collection, all_people: Sequence[bpy.types.Collection],
+                   chairs: bpy.types.Collection | None = None) -> None:
     """A 1-sample view layer with only ``include`` visible: one person's unoccluded mask."""
     scene = bpy.context.scene
     layer = scene.view_layers.new(name)
@@ -370,7 +407,9 @@ def add_mask_layer(name: str, include: bpy.types.Collection, all_people: Sequenc
     layer.cycles.use_pass_shadow_catcher = False
     for child in layer.layer_collection.children:
         keep = child.collection == include
-        if child.collection in all_people or child.collection.name == FURNITURE_COLLECTION:
+        # Neither furniture nor chairs hide the person here: the mask is the whole silhouette.
+        if (child.collection in all_people or child.collection == chairs
+                or child.collection.name == FURNITURE_COLLECTION):
             child.exclude = not keep
 
 

@@ -253,6 +253,9 @@ def build_scene(data: str | Path, out: str | Path, train_ids: Sequence[str],
     document["seats"] = [{k: v for k, v in s.items() if k not in ("person_id", "head_px")} for s in seats]
     # The render CLI's default people per frame: what the real frames showed.
     document["occupancy"] = occupancy_from_frames(annotations, train_ids, standing, len(seats))
+    if "chairs" in proxies:
+        # The plate removed the chairs with their sitters: the renderer puts them back.
+        document["chairs"] = proxies["chairs"]
     document["build_report"] = {
         "train_frames": list(train_ids),
         "plate": plate.report,

@@ -186,6 +186,12 @@ def place_people(scene: SceneSpec, n_sitting: int, n_standing: int, rng: np.rand
         )
     obstacles = [f for f in scene.furniture if f.obstacle]
     reach = config.standing_radius_m + config.furniture_clearance_m
+    # Rendered chairs stand at the empty seats too (see core.chairs): keep out of them as of
+    # a seated person. Scenes without chairs leave empty seats free, as before.
+    taken = {p.seat for p in placed}
+    empty_chairs = [Placement("sitting", (seat.position[0], seat.position[1], seat.height_m), 0.0,
+                              config.sitting_radius_m, seat.name)
+                    for seat in scene.seats if scene.chairs is not None and seat.name not in taken]
     for person in range(n_standing):
         for _attempt in range(config.max_attempts):
             center = _sample_in_polygons(scene.floor_polygons, rng)
@@ -195,7 +201,7 @@ def place_people(scene: SceneSpec, n_sitting: int, n_standing: int, rng: np.rand
                 continue
             if any(disc_hits_box(center, reach, box) for box in obstacles):
                 continue
-            if not _clear_of_people(center, config.standing_radius_m, placed):
+            if not _clear_of_people(center, config.standing_radius_m, placed + empty_chairs):
                 continue
             placed.append(Placement("standing", (center[0], center[1], 0.0), heading,
                                     config.standing_radius_m))

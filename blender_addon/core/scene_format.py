@@ -24,12 +24,18 @@ validated on load; an error names the file and the field and says what would be 
                      "yaw_deg": 0.0, "holdout": true, "obstacle": true}],
       "seats": [{"name": "chair_1", "position": [x, y], "height_m": 0.46,
                  "facing_deg": 90.0, "facing_jitter_deg": 15.0}],
-      "occupancy": {"sitting": [5, 7], "standing": [0, 1]}   # optional
+      "occupancy": {"sitting": [5, 7], "standing": [0, 1]},  # optional
+      "chairs": {"fabric_srgb": [0.55, 0.26, 0.29], "frame_srgb": [0.05, 0.05, 0.06]}  # optional
     }
 
 ``occupancy`` is how many people the room holds in a frame, inclusive ranges per posture (for
 a scene built from real frames, what those frames showed). The render CLI uses it when
 ``--sitting``/``--standing`` are not given; without it, thesis Table 7.2's 1-5 and 0-4.
+
+``chairs`` says the photo shows no chairs at the seats (a clean plate made from real frames
+removes them with the people who sat there): the renderer then adds a chair at every seat, in
+these colours (sRGB, 0-1, as picked from the photo's empty chairs; ``frame_srgb`` is optional).
+See ``core.chairs``.
 
 Lens models: ``equidistant`` and ``equisolid`` (``focal_px``), ``kannala_brandt`` (``focal_px``
 and four ``coefficients``: OpenCV fisheye D), ``cycles_polynomial`` (five ``coefficients``
@@ -104,6 +110,17 @@ class Occupancy:
 
 
 @dataclass(frozen=True)
+class ChairStyle:
+    """The colours of the chairs a scene asks to be rendered at its seats (sRGB, 0-1)."""
+
+    fabric_srgb: tuple[float, float, float]
+    frame_srgb: tuple[float, float, float] = (0.05, 0.05, 0.06)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"fabric_srgb": list(self.fabric_srgb), "frame_srgb": list(self.frame_srgb)}
+
+
+@dataclass(frozen=True)
 class SceneSpec:
     """A validated scene. ``camera_for(width)`` gives the fisheye camera at an output size."""
 
@@ -119,6 +136,7 @@ class SceneSpec:
     furniture: tuple[FurnitureProxy, ...]
     seats: tuple[Seat, ...]
     occupancy: Occupancy | None = None
+    chairs: ChairStyle | None = None
 
     def output_size(self, long_side: int | None) -> tuple[int, int]:
         """Output image size with the photo's aspect ratio and ``long_side`` pixels (or native)."""
@@ -164,6 +182,7 @@ class SceneSpec:
             "n_furniture": len(self.furniture),
             "n_seats": len(self.seats),
             "occupancy": self.occupancy.to_dict() if self.occupancy is not None else None,
+            "chairs": self.chairs.to_dict() if self.chairs is not None else None,
         }
 
 
@@ -370,6 +389,19 @@ def load_scene(folder: str | Path) -> SceneSpec:
                         "seats", "sitting")
         occupancy = Occupancy(ranges["sitting"], ranges["standing"])
 
+    chairs = None
+    if top.has("chairs"):
+        fields = top.child("chairs")
+        colours = {}
+        for key in ("fabric_srgb", "frame_srgb"):
+            if key == "frame_srgb" and not fields.has(key):
+                continue
+            colour = fields.vector(key, 3)
+            if not all(0.0 <= c <= 1.0 for c in colour):
+                fields.fail(f"must be three sRGB values in 0..1, got {list(colour)}", key)
+            colours[key] = colour
+        chairs = ChairStyle(**colours)  # type: ignore[arg-type]
+
     return SceneSpec(
         name=name,
         root=path.parent,
@@ -383,4 +415,5 @@ def load_scene(folder: str | Path) -> SceneSpec:
         furniture=tuple(furniture),
         seats=tuple(seats),
         occupancy=occupancy,
+        chairs=chairs,
     )
