@@ -124,3 +124,28 @@ def test_bad_lenses_give_clear_errors() -> None:
         _camera(folding).cycles_settings()
     with pytest.raises(FisheyeError, match="360"):
         _camera(LensModel("equidistant", 50.0)).cycles_settings()
+
+
+@pytest.mark.parametrize("kind", sorted(LENSES))
+def test_traced_pixels_are_the_image_circle(kind: str) -> None:
+    camera = _camera(LENSES[kind], 256, 200, centre=(120.0, 110.0))
+    traced = camera.traced()
+    assert traced.shape == (200, 256)
+    # The circle Cycles traces: the radius at which it draws its largest angle (for an
+    # equidistant lens, the canvas's inscribed circle, whatever the lens's fov_deg says).
+    settings = camera.cycles_settings()
+    radius = float(camera._radius_canvas_px(np.array(settings.fisheye_fov / 2), settings))
+    cx, cy = camera.effective_principal_point()
+    ys, xs = np.mgrid[0:200, 0:256]
+    distance = np.hypot(xs + 0.5 - cx, ys + 0.5 - cy)
+    assert traced[distance < radius - 0.5].all() and not traced[distance > radius + 0.5].any()
+    assert (distance > radius + 0.5).any()
+    # And where project() calls a point visible, its pixel is traced.
+    rng = np.random.default_rng(1)
+    pixels = np.column_stack([rng.uniform(0, 256, 300), rng.uniform(0, 200, 300)])
+    points = np.asarray(camera.position) + camera.pixel_rays(pixels) * 2.0
+    projected, visible = camera.project(points)
+    # (Away from the rim: a point just inside it can lie in a pixel whose centre is outside.)
+    clear = visible & (np.hypot(projected[:, 0] - cx, projected[:, 1] - cy) < radius - 1.0)
+    rows, cols = projected[clear, 1].astype(int), projected[clear, 0].astype(int)
+    assert clear.sum() > 100 and traced[rows, cols].all()

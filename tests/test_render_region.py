@@ -127,3 +127,34 @@ def test_region_render_equals_full_render_inside_and_photo_outside(tmp_path: Pat
     rim = np.abs(np.hypot(xx + 0.5 - cx, yy + 0.5 - cy) - circle) < 3
     differs = np.abs(read(full, "images") - read(people, "images")).max(axis=-1) > 2
     assert differs[rim].any() and not (differs & ~rim).any()
+
+
+@pytest.mark.blender
+def test_a_full_render_keeps_the_photo_outside_the_image_circle(tmp_path: Path) -> None:
+    """Real frames carry a timestamp in a corner, outside the lens's circle, where Cycles
+    traces nothing: the composite must keep it, not blacken it."""
+    pytest.importorskip("bpy")
+    import shutil
+
+    from blender_addon.bl import cli_entry
+    from blender_addon.core.dataset import linear_to_srgb, load_photo_linear
+    from blender_addon.core.render_cli import Backend, run
+    from blender_addon.core.scene_format import load_scene
+
+    scene = tmp_path / "scene"
+    shutil.copytree(ROOT / "scenes" / "sample_office", scene)
+    photo_path = load_scene(scene).photo_path
+    photo = np.asarray(Image.open(photo_path).convert("RGB")).copy()
+    photo[10:60, 10:200] = (230, 230, 230)  # a timestamp's plate, in the black corner
+    Image.fromarray(photo).save(photo_path)
+    out = tmp_path / "out"
+    code = run(["--scene", str(scene), "--count", "1", "--seed", "3", "--human-backend", "proxy",
+                "--preset", "fast", "--resolution", "160", "--samples", "4", "--region", "full",
+                "--hard-masks", "--workers", "0", "--threads", "2", "--no-progress", "--out", str(out)],
+               Backend(cli_entry.worker_command, cli_entry.render_in_process))
+    assert code == 0
+    image = np.asarray(Image.open(out / "images" / "000000.png")).astype(int)
+    expected = (np.clip(linear_to_srgb(load_photo_linear(photo_path, (160, 160))), 0, 1) * 255 + 0.5).astype(int)
+    outside = ~load_scene(scene).camera_for(160).traced()
+    assert outside.sum() > 1000 and (expected[outside] > 100).any()
+    assert (image[outside] == expected[outside]).all()

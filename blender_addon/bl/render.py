@@ -102,6 +102,7 @@ class FrameRenderer:
         self.scene = scene or load_scene(config.scene)
         self.camera = self.scene.camera_for(config.render.resolution)
         self.settings = self.camera.cycles_settings()
+        self.traced = self.camera.traced()
         from blender_addon.core.posing import pose_library_for
 
         # CMU mocap (--pose-library) and the asset folder's static MakeHuman poses.
@@ -287,9 +288,15 @@ class FrameRenderer:
         main = passes[scene_build.MAIN_LAYER]
         combined = self._crop(main["Combined"])
         catcher = self._crop(main["Shadow Catcher"]) if "Shadow Catcher" in main else None
-        if catcher is not None and region is not None:
-            # Outside the border Cycles leaves the pass empty (0); there nothing is shadowed.
-            catcher = np.where(region.mask(self.camera.width, self.camera.height)[..., None], catcher, 1.0)
+        # Outside the image circle Cycles traces nothing but draws opaque black, and outside
+        # the border it leaves the shadow catcher empty (0): there the frame is the photo, with
+        # whatever it shows (a real camera's timestamp, say).
+        combined = np.where(self.traced[..., None], combined, 0.0)
+        if catcher is not None:
+            rendered = self.traced
+            if region is not None:
+                rendered = rendered & region.mask(self.camera.width, self.camera.height)
+            catcher = np.where(rendered[..., None], catcher, 1.0)
         valid_ids = {p.recipe.pass_index for p in people}
         ids = np.rint(self._crop(main["Object Index"])).astype(np.int64)
         ids[~np.isin(ids, list(valid_ids))] = 0

@@ -339,7 +339,23 @@ class FisheyeCamera:
 
     def pixel_rays(self, pixels: np.ndarray) -> np.ndarray:
         """World directions (N, 3, unit) of rays through output pixels: the inverse mapping."""
+        theta, phi = self._pixel_angles(pixels, self.cycles_settings())
+        cam = np.stack(
+            [np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), -np.cos(theta)], axis=1
+        )
+        return cam @ self.rotation.T
+
+    def traced(self) -> np.ndarray:
+        """(H, W) bool: output pixels whose centre's ray Cycles traces (inside the image
+        circle). Outside it every render pass is empty, shadow catcher included."""
         settings = self.cycles_settings()
+        ys, xs = np.mgrid[0:self.height, 0:self.width]
+        centres = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], axis=1)
+        theta, _ = self._pixel_angles(centres, settings)
+        return (theta <= settings.fisheye_fov / 2.0 + 1e-12).reshape(self.height, self.width)
+
+    def _pixel_angles(self, pixels: np.ndarray, settings: CyclesCameraSettings) -> tuple[np.ndarray, np.ndarray]:
+        """Off-axis angle theta and azimuth phi (camera frame) of output pixels' rays."""
         pixels = np.asarray(pixels, dtype=np.float64).reshape(-1, 2)
         half = settings.canvas_px / 2.0
         ox, oy = settings.crop_offset_px
@@ -353,11 +369,7 @@ class FisheyeCamera:
             theta = 2.0 * np.arcsin(np.clip(mm / (2.0 * settings.fisheye_lens), -1, 1))
         else:
             theta = _CyclesPolynomial(settings.polynomial).theta(mm)
-        phi = np.arctan2(dy, dx)
-        cam = np.stack(
-            [np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), -np.cos(theta)], axis=1
-        )
-        return cam @ self.rotation.T
+        return theta, np.arctan2(dy, dx)
 
     def to_dict(self) -> dict[str, Any]:
         settings = self.cycles_settings()
