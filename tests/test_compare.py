@@ -85,3 +85,52 @@ def test_compare_names_missing_arm_and_missing_counts(tmp_path: Path) -> None:
         compare({"base": base}, baseline="base")
     with pytest.raises(CliError, match="baseline 'x'"):
         compare({"base": base}, baseline="x")
+
+
+def _gap_stage(run: Path, s_level: float, count: int = 24, real_seed: int = 7) -> None:
+    """A finished gap stage as the pipeline leaves it: S and R_test crops with their records."""
+    import numpy as np
+    from PIL import Image
+
+    stage = run / "gap" / "gap-0123456789ab"
+    for name, level, frames, seed in (("S", s_level, ["000000.png"], 1), ("R_test", 0.5, FRAMES + ["other.jpg"], real_seed)):
+        folder = stage / "crops" / name
+        (folder / "crops").mkdir(parents=True)
+        rng = np.random.default_rng(seed)
+        items = []
+        for index in range(count if name == "S" else 12):
+            coarse = rng.normal(level, 0.1, (8, 8, 3))
+            pixels = np.clip(np.kron(coarse, np.ones((8, 8, 1))) + rng.normal(0, 0.03, (64, 64, 3)), 0, 1)
+            crop = f"crops/c{index}.png"
+            Image.fromarray((pixels * 255).astype(np.uint8)).save(folder / crop)
+            items.append({"crop_file": crop, "image_file": frames[index % len(frames)]})
+        (folder / "records.json").write_text(json.dumps({"items": items}))
+    (stage / "gap.json").write_text(json.dumps({"reference": "R_test"}))
+
+
+def test_gap_intervals_bootstrap_fd_against_the_same_real_crops(tmp_path: Path) -> None:
+    counts = {0: [(1, 1, 1), (1, 0, 1)]}
+    base, near = make_run(tmp_path, "base", counts), make_run(tmp_path, "near", counts)
+    _gap_stage(base, s_level=0.9)
+    _gap_stage(near, s_level=0.55)  # drawn like the real crops: closer
+    comparison = compare({"base": base, "near": near}, "base", gap_resamples=60)
+    intervals = comparison["gap_intervals"]
+    # Only R_test's frames count on the real side: 8 of the 12 crops are from a.jpg and b.jpg.
+    assert intervals["reference_crops"] == 8 and intervals["resamples"] == 60
+    entry = intervals["sets"]["near"]
+    assert entry["crops"] == 24 and entry["fd"] < intervals["sets"]["base"]["fd"]
+    assert entry["fd_diff_ci95"][1] < 0 and entry["share_closer_than_baseline"] == 1.0
+    assert "fd_diff_mean" not in intervals["sets"]["base"]
+    assert "| near | 24 |" in render_markdown(comparison)
+    # The features are cached beside the crops and reused.
+    assert (base / "gap" / "gap-0123456789ab" / "compare_features.npz").is_file()
+    assert compare({"base": base, "near": near}, "base", gap_resamples=60)["gap_intervals"] == intervals
+
+
+def test_gap_intervals_refuse_runs_with_other_real_crops(tmp_path: Path) -> None:
+    counts = {0: [(1, 1, 1), (1, 0, 1)]}
+    base, other = make_run(tmp_path, "base", counts), make_run(tmp_path, "other", counts)
+    _gap_stage(base, s_level=0.9)
+    _gap_stage(other, s_level=0.9, real_seed=8)
+    with pytest.raises(CliError, match="different R_test crops"):
+        compare({"base": base, "other": other}, "base", gap_resamples=10)

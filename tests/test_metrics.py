@@ -93,6 +93,20 @@ def test_frechet_distance_matches_closed_form_for_gaussians() -> None:
     assert frechet_distance(a, b) == pytest.approx(expected, rel=0.03)
 
 
+@pytest.mark.parametrize("sizes", [(28, 633), (633, 28), (5, 5), (40, 60)])
+def test_frechet_distance_from_few_samples_equals_the_covariance_formula(sizes: tuple[int, int]) -> None:
+    # Fewer samples than dimensions (as 28 real crops in 1280-d features): the sample-space
+    # formula must give the covariance formula's number.
+    rng = np.random.default_rng(3)
+    dims = 64
+    a = rng.normal(size=(sizes[0], dims)) @ rng.normal(size=(dims, dims)) * 0.3
+    b = rng.normal(1.0, 2.0, size=(sizes[1], dims))
+    expected = frechet_distance_gaussians(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    # (The eigen route clips rounding-negative eigenvalues of rank-deficient covariances: 1e-7.)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
 def test_kid_is_unbiased_on_a_known_case() -> None:
     # With the linear kernel k(x, y) = <x, y>, the population MMD^2 is |mu_a - mu_b|^2 exactly.
     # Average the estimator over many tiny samples (n = 4): the unbiased one hits it, while the

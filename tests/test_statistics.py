@@ -74,3 +74,22 @@ def test_errors_name_the_problem() -> None:
                        RunCounts(1, None, ("x",) * 4, np.ones((4, 3), int))])
     with pytest.raises(ValueError, match="share no seeds"):
         paired_difference([_run(0, [[1, 0, 0]] * 4)], [_run(5, [[1, 0, 0]] * 4)])
+
+
+def test_fd_differences_separate_a_closer_set_and_not_a_twin() -> None:
+    from refiner_daemon.evaluation.statistics import fd_differences
+
+    rng = np.random.default_rng(0)
+    reference = rng.normal(0.0, 1.0, size=(30, 16))
+    far = rng.normal(1.5, 1.0, size=(200, 16))
+    twin = rng.normal(1.5, 1.0, size=(200, 16))  # the baseline's distribution, other draws
+    near = rng.normal(0.3, 1.0, size=(200, 16))
+    result = fd_differences({"far": far, "twin": twin, "near": near}, reference, "far", resamples=200, seed=1)
+    sets = result["sets"]
+    assert result["reference_crops"] == 30 and sets["near"]["crops"] == 200
+    assert sets["near"]["fd_diff_ci95"][1] < 0 and sets["near"]["share_closer_than_baseline"] > 0.99
+    low, high = sets["twin"]["fd_diff_ci95"]
+    assert low < 0 < high
+    assert sets["far"]["fd_ci95"][0] <= sets["far"]["fd"] * 1.5 and "fd_diff_mean" not in sets["far"]
+    with pytest.raises(ValueError, match="baseline 'x'"):
+        fd_differences({"far": far}, reference, "x", resamples=2)

@@ -38,9 +38,24 @@ def frechet_distance_gaussians(
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
-    """Fréchet distance between the Gaussians fitted to two feature sets (rows are samples)."""
+    """Fréchet distance between the Gaussians fitted to two feature sets (rows are samples).
+
+    With fewer samples than feature dimensions on either side (28 real crops against 1280-d
+    features, say) the same number comes from the samples directly, which is what makes
+    bootstrapping it affordable: with centred samples ``A`` (n_a x d) and ``B``,
+    ``C_a = A^T A / (n_a - 1)`` and ``tr((C_a C_b)^(1/2))`` is the sum of the singular values
+    (the nuclear norm) of ``A B^T / sqrt((n_a - 1)(n_b - 1))``, an n_a x n_b matrix.
+    """
     a, b = _check_features(features_a, features_b, minimum=2)
-    return frechet_distance_gaussians(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    if min(len(a), len(b)) >= a.shape[1]:
+        return frechet_distance_gaussians(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    mean_a, mean_b = a.mean(0), b.mean(0)
+    centred_a, centred_b = a - mean_a, b - mean_b
+    scale_a, scale_b = len(a) - 1, len(b) - 1
+    cross = np.linalg.svd(centred_a @ centred_b.T, compute_uv=False).sum() / np.sqrt(scale_a * scale_b)
+    distance = float(((mean_a - mean_b) ** 2).sum() + (centred_a**2).sum() / scale_a
+                     + (centred_b**2).sum() / scale_b - 2.0 * cross)
+    return max(distance, 0.0)
 
 
 def _check_features(features_a: np.ndarray, features_b: np.ndarray, minimum: int) -> tuple[np.ndarray, np.ndarray]:

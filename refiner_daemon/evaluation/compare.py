@@ -9,7 +9,12 @@ comparison reports:
   interval (:func:`statistics.summarise_arm`);
 - the paired difference of each run against the baseline, with detectors matched by seed and
   bootstrapped on the same resampled test frames for both (:func:`statistics.paired_difference`);
-- the run's person-crop and whole-frame FD and KID to R_test, where it measured them.
+- the run's person-crop and whole-frame FD and KID to R_test, where it measured them;
+- with ``--gap-intervals N``, how far each run's person-crop FD could move and its difference
+  to the baseline's, bootstrapped over the crops (:func:`statistics.fd_differences`; the R_test
+  crops are resampled once per draw for all runs, which must have cut the same ones). The
+  features are the gap stage's (MobileNetV2, 224 px) of the crops that stage cut, cached next
+  to them as ``compare_features.npz``.
 
 Per-frame counts come from each detector's ``test.json`` next to its checkpoint, so the
 comparison needs the run folders, not only their ``results.json``.
@@ -30,7 +35,9 @@ import numpy as np
 from protocol.cli import CliError, run_main
 from protocol.fileio import atomic_write_json, atomic_write_text
 from refiner_daemon.evaluation.statistics import (
+    GAP_RESAMPLES,
     RunCounts,
+    fd_differences,
     frame_resamples,
     paired_difference,
     summarise_arm,
@@ -72,7 +79,8 @@ def _load(out_dir: Path, arm: str) -> tuple[dict[str, Any], list[RunCounts], lis
     return results, counts, oracle
 
 
-def compare(runs: dict[str, Path], baseline: str, arm: str = "S", seed: int = 0) -> dict[str, Any]:
+def compare(runs: dict[str, Path], baseline: str, arm: str = "S", seed: int = 0,
+            gap_resamples: int = 0) -> dict[str, Any]:
     """The comparison of ``arm`` across ``runs`` (label -> pipeline out_dir) against ``baseline``."""
     if baseline not in runs:
         raise CliError(f"baseline {baseline!r} is not one of the runs {sorted(runs)}")
@@ -97,10 +105,75 @@ def compare(runs: dict[str, Path], baseline: str, arm: str = "S", seed: int = 0)
     paired = [{"a": label, "b": baseline,
                **paired_difference(loaded[label][1], loaded[baseline][1], resamples)}
               for label in runs if label != baseline]
+    intervals = gap_intervals(runs, baseline, reference, gap_resamples, seed) if gap_resamples else None
     return {"arm": arm, "baseline": baseline, "test_frames": reference, "rows": rows, "paired": paired,
+            "gap_intervals": intervals,
             "statistics": ("f1_std: sample std over detector seeds; f1_ci95: 95% percentile bootstrap over "
                            f"the {len(reference)} test frames; paired: detectors matched by seed, the same "
                            "resampled frames for both runs")}
+
+
+FEATURE_CACHE = "compare_features.npz"
+
+
+def _gap_stage(out_dir: Path) -> Path:
+    stages = sorted(p.parent for p in (out_dir / "gap").glob("*/gap.json"))
+    if len(stages) != 1:
+        raise CliError(f"{out_dir / 'gap'}: expected one finished gap stage, found {len(stages)}; "
+                       "run the pipeline with \"gap\": true to the end")
+    return stages[0]
+
+
+def _crop_paths(crop_dir: Path, frames: set[str] | None) -> list[Path]:
+    records = json.loads((crop_dir / "records.json").read_text(encoding="utf-8"))
+    return [crop_dir / item["crop_file"] for item in records["items"]
+            if frames is None or Path(item["image_file"]).name in frames]
+
+
+def person_features(out_dir: Path, test_frames: list[str], extractor: Any) -> dict[str, Any]:
+    """The run's gap-stage person crops of S and of R_test, as features (cached beside them),
+    and a fingerprint of the R_test crops' bytes."""
+    import hashlib
+
+    from refiner_daemon.common.features import pooled_features
+    from refiner_daemon.evaluation.gap import MOBILENET_SIZE
+
+    stage = _gap_stage(out_dir)
+    paths = {"S": _crop_paths(stage / "crops" / "S", None),
+             "R_test": _crop_paths(stage / "crops" / "R_test", set(test_frames))}
+    names = {k: np.array([p.name for p in v]) for k, v in paths.items()}
+    cache = stage / FEATURE_CACHE
+    features: dict[str, np.ndarray] = {}
+    if cache.is_file():
+        with np.load(cache) as stored:
+            if all(f"{k}_names" in stored and np.array_equal(stored[f"{k}_names"], names[k]) for k in paths):
+                features = {k: stored[k] for k in paths}
+    if not features:
+        features = {k: pooled_features(extractor, v, MOBILENET_SIZE, ("deep",), desc=f"{out_dir.name} {k}")["deep"]
+                    for k, v in paths.items()}
+        temporary = cache.with_suffix(".tmp.npz")
+        np.savez(temporary, **features, **{f"{k}_names": v for k, v in names.items()})
+        temporary.replace(cache)
+    digest = hashlib.sha256()
+    for path in sorted(paths["R_test"]):
+        digest.update(path.name.encode() + path.read_bytes())
+    return {**features, "reference_sha256": digest.hexdigest()}
+
+
+def gap_intervals(runs: dict[str, Path], baseline: str, test_frames: list[str], resamples: int,
+                  seed: int = 0) -> dict[str, Any]:
+    """Bootstrap intervals of every run's person-crop FD to R_test and of its difference to the
+    baseline's (see the module docstring)."""
+    from refiner_daemon.common.features import MobileNetFeatures
+
+    extractor = MobileNetFeatures()
+    loaded = {label: person_features(path, test_frames, extractor) for label, path in runs.items()}
+    fingerprints = {label: f["reference_sha256"] for label, f in loaded.items()}
+    if len(set(fingerprints.values())) != 1:
+        raise CliError(f"the runs cut different R_test crops ({fingerprints}); FD intervals need the same "
+                       "real people on every side: use one real folder and crop rule in every config")
+    reference = loaded[baseline]["R_test"]
+    return fd_differences({label: f["S"] for label, f in loaded.items()}, reference, baseline, resamples, seed)
 
 
 def render_markdown(comparison: dict[str, Any]) -> str:
@@ -127,9 +200,29 @@ def render_markdown(comparison: dict[str, Any]) -> str:
         low, high = pair["f1_diff_ci95"]
         lines.append(f"| {pair['a']} - {pair['b']} | {pair['pairs']} | {pair['f1_diff_mean']:+.3f} "
                      f"| [{low:+.3f}, {high:+.3f}] | {pair['share_of_pairs_a_better']:.2f} |")
-    return "\n".join(lines + ["", comparison["statistics"] + ". Best-threshold F1: the best F1 over "
-                               "confidence thresholds on R_test itself (optimistic; shows whether a "
-                               "detector ranks real heads first at all).", ""])
+    lines += ["", comparison["statistics"] + ". Best-threshold F1: the best F1 over confidence "
+              "thresholds on R_test itself (optimistic; shows whether a detector ranks real heads "
+              "first at all).", ""]
+    intervals = comparison.get("gap_intervals")
+    if intervals:
+        lines += [f"## Person-crop FD to R_test, with bootstrap intervals (against {baseline})", "",
+                  "| run | S crops | FD | 95% CI | FD - baseline | 95% CI | share of draws closer than baseline |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for label, entry in intervals["sets"].items():
+            low, high = entry["fd_ci95"]
+            row = f"| {label} | {entry['crops']} | {entry['fd']:.1f} | [{low:.1f}, {high:.1f}] |"
+            if "fd_diff_mean" in entry:
+                d_low, d_high = entry["fd_diff_ci95"]
+                row += (f" {entry['fd_diff_mean']:+.1f} | [{d_low:+.1f}, {d_high:+.1f}] "
+                        f"| {entry['share_closer_than_baseline']:.2f} |")
+            else:
+                row += " (baseline) | | |"
+            lines.append(row)
+        lines += ["", (f"{intervals['resamples']} draws; each resamples the {intervals['reference_crops']} "
+                       "R_test crops once for every run (paired) and each run's S crops on their own. FD "
+                       "on resampled sets reads higher than on the sets themselves; compare the "
+                       "differences."), ""]
+    return "\n".join(lines)
 
 
 def labelled_path(text: str) -> tuple[str, Path]:
@@ -158,11 +251,17 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--arm", default="S", help="the detector arm to compare (default S)")
     parser.add_argument("--out", type=Path, help="write compare.json and compare.md here")
     parser.add_argument("--seed", type=int, default=0, help="seed of the frame bootstrap (default 0)")
+    parser.add_argument("--gap-intervals", type=int, nargs="?", const=GAP_RESAMPLES, default=0, metavar="DRAWS",
+                        help="also bootstrap each run's person-crop FD to R_test and its difference to "
+                             f"the baseline's over the crops (default {GAP_RESAMPLES} draws; needs the "
+                             "runs' gap stages and the MobileNetV2 weights)")
     args = parser.parse_args(argv)
     runs = dict(args.runs)
     if len(runs) != len(args.runs):
         raise CliError("each run needs its own label")
-    comparison = compare(runs, args.baseline or args.runs[0][0], args.arm, args.seed)
+    if args.gap_intervals < 0:
+        raise CliError(f"--gap-intervals must be a number of draws >= 0, got {args.gap_intervals}")
+    comparison = compare(runs, args.baseline or args.runs[0][0], args.arm, args.seed, args.gap_intervals)
     markdown = render_markdown(comparison)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
