@@ -15,10 +15,13 @@
    full render's (``tests/test_render_region.py``), so the window scores the frame.
    ``speedup_at_equal_psnr_people`` is the thesis time over the fastest setting whose people
    PSNR is at least the thesis's (null when none is).
-3. **DDP**: the detector training step in 1 and 2 processes (``bench.bench_ddp_step``).
+3. **Workers per machine**: rendering the chain's frames with 1 and 2 local worker processes
+   and on a local Ray instance of 1 and 2 CPUs, against one local worker on one thread; the
+   best setting and the Ray engine's scaling from 1 to 2 CPUs.
+4. **DDP**: the detector training step in 1 and 2 processes (``bench.bench_ddp_step``).
 
 Sizes are scaled down to fit 2 shared CPU cores (the JSON records them and the load).
-``BENCH_SCALE_PARTS=quality python -m bench scale`` runs one part (the others are null).
+``BENCH_SCALE_PARTS=workers python -m bench scale`` runs one part (the others are null).
 """
 
 from __future__ import annotations
@@ -77,12 +80,18 @@ def _tiny_refiner(folder: Path) -> Path:
     return path
 
 
-def _render(out: Path, engine: str, tmp: Path) -> float:
+def _render(out: Path, engine: str, tmp: Path, workers: int = 1, threads: int | None = None,
+            frames: int = CHAIN_FRAMES, frames_per_worker: int = 1) -> float:
+    """Seconds to render ``frames`` frames: ``workers`` local processes, or a local Ray
+    instance of ``workers`` CPUs running one-CPU tasks, each process rendering
+    ``frames_per_worker`` frames; ``threads`` Cycles threads each (default: the machine's 2
+    cores shared among the workers)."""
+    threads = threads or max(1, 2 // workers)
     command = [sys.executable, "-m", "blender_addon.bl.cli_entry", "--scene", SCENE,
-               "--count", str(CHAIN_FRAMES), "--seed", "5", "--preset", "fast",
+               "--count", str(frames), "--seed", "5", "--preset", "fast",
                "--resolution", str(CHAIN_RESOLUTION), "--no-progress", "--out", str(out),
-               "--engine", engine, "--frames-per-worker", "1"]
-    command += ["--workers", "1", "--threads", "2"] if engine == "local" else ["--ray-cpus", "2", "--threads", "1"]
+               "--engine", engine, "--frames-per-worker", str(frames_per_worker), "--threads", str(threads)]
+    command += ["--workers", str(workers)] if engine == "local" else ["--ray-cpus", str(workers)]
     started = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, env=_env(tmp), capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -139,8 +148,8 @@ def chain_benchmark(tmp: Path) -> dict[str, Any]:
     model = _tiny_refiner(tmp / "models")
     results: dict[str, Any] = {}
     rows = []
-    for engine in ("local", "ray"):
-        render_s = _render(tmp / f"render_{engine}", engine, tmp)
+    for engine, workers in (("local", 1), ("ray", 2)):
+        render_s = _render(tmp / f"render_{engine}", engine, tmp, workers)
         refine_s = _refine(tmp / f"render_{engine}", tmp / f"refined_{engine}", model, engine)
         total = render_s + refine_s
         results[engine] = {"render_s": render_s, "refine_s": refine_s, "total_s": total,
@@ -156,6 +165,41 @@ def chain_benchmark(tmp: Path) -> dict[str, Any]:
     print(f"ray / local: {ratio:.2f}x; identical outputs: {identical}")
     return {"frames": CHAIN_FRAMES, "resolution": CHAIN_RESOLUTION, "engines": results,
             "ray_vs_local": ratio, "identical_outputs": identical}
+
+
+# Render workers per machine: (engine, workers, Cycles threads each). The first is the baseline.
+# Each worker process renders WORKER_FRAMES / 2 frames, so two workers can share the frames and
+# every setting pays for the same two process starts.
+WORKER_FRAMES = 8
+WORKER_SETTINGS: tuple[tuple[str, int, int], ...] = (
+    ("local", 1, 1), ("local", 1, 2), ("local", 2, 1), ("ray", 1, 1), ("ray", 2, 1),
+)
+
+
+def workers_benchmark(tmp: Path) -> dict[str, Any]:
+    """Render throughput with 1 and N workers, local processes and local Ray tasks, against
+    one local worker on one thread; and which setting is best on this machine."""
+    rows, runs = [], []
+    for engine, workers, threads in WORKER_SETTINGS:
+        seconds = _render(tmp / f"workers_{engine}_{workers}x{threads}", engine, tmp, workers, threads,
+                          frames=WORKER_FRAMES, frames_per_worker=WORKER_FRAMES // 2)
+        runs.append({"engine": engine, "workers": workers, "threads": threads, "render_s": seconds,
+                     "frames_per_minute": WORKER_FRAMES / seconds * 60.0})
+    baseline = runs[0]["frames_per_minute"]
+    for run in runs:
+        run["vs_one_worker_one_thread"] = run["frames_per_minute"] / baseline
+        rows.append([run["engine"], run["workers"], run["threads"], run["render_s"], run["frames_per_minute"],
+                     run["vs_one_worker_one_thread"]])
+    best = max(runs, key=lambda r: r["frames_per_minute"])
+    ray = {r["workers"]: r["frames_per_minute"] for r in runs if r["engine"] == "ray"}
+    print_table(f"Render workers ({WORKER_FRAMES} frames, {WORKER_FRAMES // 2} per worker process, "
+                f"{CHAIN_RESOLUTION} px, fast preset; baseline: 1 local worker, 1 thread)",
+                ["engine", "workers", "threads each", "render s", "frames/min", "vs baseline"], rows)
+    print(f"best: {best['engine']} x {best['workers']} ({best['threads']} thread(s) each); "
+          f"ray 2 CPUs / 1 CPU: {ray[2] / ray[1]:.2f}x")
+    return {"frames": WORKER_FRAMES, "frames_per_worker": WORKER_FRAMES // 2, "resolution": CHAIN_RESOLUTION,
+            "runs": runs, "best": {k: best[k] for k in ("engine", "workers", "threads", "frames_per_minute")},
+            "ray_scaling_2_vs_1_cpu": ray[2] / ray[1]}
 
 
 # ------------------------------------------------------------------------------ 2. render cost
@@ -276,9 +320,9 @@ def ddp_benchmark(tmp: Path) -> dict[str, Any]:
 
 def main() -> None:
     load_before = os.getloadavg()
-    # BENCH_SCALE_PARTS=chain,quality,ddp (default all) reruns some parts; the others keep the
+    # BENCH_SCALE_PARTS=chain,workers,quality,ddp (default all) reruns some parts; the others keep the
     # results (and the time, under "measured") of the last run that measured them.
-    parts = os.environ.get("BENCH_SCALE_PARTS", "chain,quality,ddp").split(",")
+    parts = os.environ.get("BENCH_SCALE_PARTS", "chain,workers,quality,ddp").split(",")
     previous_path = RESULTS_DIR / "scale.json"
     previous = json.loads(previous_path.read_text()) if previous_path.is_file() else {}
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -286,8 +330,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as name:
         tmp = Path(name)
         results: dict[str, Any] = {}
-        for part, bench, key in (("chain", chain_benchmark, "chain"), ("quality", quality_benchmark, "render_quality"),
-                                 ("ddp", ddp_benchmark, "ddp")):
+        for part, bench, key in (("chain", chain_benchmark, "chain"), ("workers", workers_benchmark, "workers"),
+                                 ("quality", quality_benchmark, "render_quality"), ("ddp", ddp_benchmark, "ddp")):
             if part in parts:
                 results[key] = bench(tmp)
                 measured[key] = {"at": stamp, "load_average_1min_before": load_before[0]}
@@ -295,7 +339,7 @@ def main() -> None:
                 results[key] = previous.get(key)
                 if results[key] is not None and key not in measured:  # from a run before "measured"
                     measured[key] = {"at": previous.get("timestamp")}
-        chain, quality, ddp = results["chain"], results["render_quality"], results["ddp"]
+        chain, workers, quality, ddp = (results[k] for k in ("chain", "workers", "render_quality", "ddp"))
     write_result("scale", {
         "cpu_count": os.cpu_count(),
         "measured": measured,
@@ -304,9 +348,11 @@ def main() -> None:
             "local": chain["engines"]["local"]["frames_per_minute"],
             "ray": chain["engines"]["ray"]["frames_per_minute"]},
         "identical_outputs": None if chain is None else chain["identical_outputs"],
+        "render_workers": None if workers is None else {
+            "best": workers["best"], "ray_scaling_2_vs_1_cpu": workers["ray_scaling_2_vs_1_cpu"]},
         "speedup_at_equal_psnr_people": None if quality is None else quality["speedup_at_equal_psnr_people"],
         "ddp_step_s": None if ddp is None else {"1": ddp["step_s_1_process"], "2": ddp["step_s_2_processes"]},
-        "chain": chain, "render_quality": quality, "ddp": ddp,
+        "chain": chain, "workers": workers, "render_quality": quality, "ddp": ddp,
         "scaled_down": {"chain_frames": CHAIN_FRAMES, "chain_resolution": CHAIN_RESOLUTION,
                         "quality_resolution": QUALITY_RESOLUTION, "quality_window": QUALITY_WINDOW,
                         "why": "2 shared CPU cores; a 1024 px thesis frame alone takes over 10 minutes"},
