@@ -294,6 +294,23 @@ def test_load_scene_builds_fisheye_camera_with_photo_and_proxies(addon: Any, sce
         assert seat.height_m == pytest.approx(seat_by_name[seat.name].height_m, abs=1e-6)
 
 
+def test_a_scene_with_occupancy_sets_the_people_counts(addon: Any, scene_copy: Path, tmp_path: Path) -> None:
+    room = tmp_path / "room"
+    shutil.copytree(SAMPLE_SCENE, room)
+    document = json.loads((room / "scene.json").read_text())
+    document["occupancy"] = {"sitting": [3, 4], "standing": [0, 1]}
+    (room / "scene.json").write_text(json.dumps(document))
+    counts = (addon.sitting_min, addon.sitting_max, addon.standing_min, addon.standing_max)
+    try:
+        addon.scene_dir = str(room)
+        assert bpy.ops.fsynth.load_scene() == {"FINISHED"}
+        assert (addon.sitting_min, addon.sitting_max, addon.standing_min, addon.standing_max) == (3, 4, 0, 1)
+    finally:  # the module's scene again, and its counts, for the tests after this one
+        addon.scene_dir = str(scene_copy)
+        assert bpy.ops.fsynth.load_scene() == {"FINISHED"}
+        (addon.sitting_min, addon.sitting_max, addon.standing_min, addon.standing_max) = counts
+
+
 def test_bad_scene_folder_is_reported_not_raised(addon: Any, tmp_path: Path) -> None:
     addon.scene_dir = str(tmp_path)
     try:

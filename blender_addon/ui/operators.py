@@ -91,7 +91,14 @@ class FSYNTH_OT_load_scene(_Action, bpy.types.Operator):
         if not settings.scene_dir:
             raise actions.ActionError("choose a scene folder first (e.g. scenes/sample_office)")
         spec = actions.load_scene(settings.scene_dir, settings.preview_resolution)
-        return f"loaded {spec.name}: {len(spec.furniture)} furniture, {len(spec.seats)} seats"
+        message = f"loaded {spec.name}: {len(spec.furniture)} furniture, {len(spec.seats)} seats"
+        if spec.occupancy is not None:
+            # The room says how many people it holds (as the render CLI's default does).
+            (settings.sitting_min, settings.sitting_max) = spec.occupancy.sitting
+            (settings.standing_min, settings.standing_max) = spec.occupancy.standing
+            message += (f"; people per frame from the scene: {'-'.join(map(str, spec.occupancy.sitting))} "
+                        f"sitting, {'-'.join(map(str, spec.occupancy.standing))} standing")
+        return message
 
 
 class FSYNTH_OT_add_proxy(_Action, bpy.types.Operator):
