@@ -305,6 +305,14 @@ def test_a_scene_with_occupancy_sets_the_people_counts(addon: Any, scene_copy: P
         addon.scene_dir = str(room)
         assert bpy.ops.fsynth.load_scene() == {"FINISHED"}
         assert (addon.sitting_min, addon.sitting_max, addon.standing_min, addon.standing_max) == (3, 4, 0, 1)
+        # A room without occupancy: the previous room's counts give way to Table 7.2 ...
+        addon.scene_dir = str(scene_copy)
+        assert bpy.ops.fsynth.load_scene() == {"FINISHED"}
+        assert (addon.sitting_min, addon.sitting_max, addon.standing_min, addon.standing_max) == (1, 5, 0, 4)
+        # ... but counts the artist set stay.
+        addon.sitting_min = addon.sitting_max = 2
+        assert bpy.ops.fsynth.load_scene() == {"FINISHED"}
+        assert (addon.sitting_min, addon.sitting_max) == (2, 2)
     finally:  # the module's scene again, and its counts, for the tests after this one
         addon.scene_dir = str(scene_copy)
         assert bpy.ops.fsynth.load_scene() == {"FINISHED"}

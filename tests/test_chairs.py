@@ -81,6 +81,25 @@ def test_every_seat_gets_a_chair_under_its_sitter_or_empty(tmp_path: Path) -> No
     assert chairs[0].corners().shape == (8 * len(ch.PARTS), 3)
 
 
+def test_no_empty_chair_crowds_a_sitter(tmp_path: Path) -> None:
+    folder = _scene_with_chairs(tmp_path)
+    document = json.loads((folder / "scene.json").read_text())
+    first = document["seats"][0]
+    # A second seat 0.4 m from the first: placement never seats both, so no chair may go there
+    # while someone sits on the first (it would intersect theirs).
+    document["seats"].append({**first, "name": "crowded", "position": [first["position"][0] + 0.4,
+                                                                      first["position"][1]]})
+    (folder / "scene.json").write_text(json.dumps(document))
+    scene = load_scene(folder)
+    seat = scene.seats[0]
+    sitter = _person("person_1", seat.name, (*seat.position, seat.height_m), 0.0)
+    names = [c.seat for c in ch.frame_chairs(scene, [sitter])]
+    assert seat.name in names and "crowded" not in names
+    assert len(names) == len(scene.seats) - 1
+    # Nobody seated: the earlier seat keeps its empty chair, the crowding one stays bare.
+    assert "crowded" not in [c.seat for c in ch.frame_chairs(scene, [])]
+
+
 def test_chairs_field_is_checked(tmp_path: Path) -> None:
     with_frame = load_scene(_scene_with_chairs(tmp_path, {"fabric_srgb": [0.1, 0.2, 0.3],
                                                           "frame_srgb": [0.0, 0.0, 0.0]}))
@@ -116,7 +135,7 @@ def test_standing_people_keep_out_of_empty_chairs(tmp_path: Path) -> None:
 
 
 @pytest.mark.blender
-def test_chairs_render_at_every_seat_and_stay_out_of_masks(tmp_path: Path) -> None:
+def test_chairs_render_at_every_seat_and_stay_out_of_masks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("bpy")
     from blender_addon.bl import cli_entry
     from blender_addon.core.render_cli import Backend, run
@@ -140,6 +159,11 @@ def test_chairs_render_at_every_seat_and_stay_out_of_masks(tmp_path: Path) -> No
         mask = np.asarray(Image.open(out / "masks" / "000000.png")).astype(int)
         return image, mask, json.loads((out / "frames" / "000000.json").read_text())
 
+    # Backrests through the middle of the (proxy) sitters' box bodies and above their tops, so
+    # that from the ceiling they surely hide part of them: the masks must show it, the
+    # unoccluded silhouettes must not.
+    monkeypatch.setattr(ch, "BACKREST_TOP_M", 1.2)
+    monkeypatch.setattr(ch, "HIPS_TO_BACKREST_M", 0.0)
     plain, plain_mask, plain_record = render(plain_scene, tmp_path / "plain")
     chaired, chaired_mask, record = render(chaired_scene, tmp_path / "chaired")
     scene = load_scene(chaired_scene)
@@ -147,9 +171,13 @@ def test_chairs_render_at_every_seat_and_stay_out_of_masks(tmp_path: Path) -> No
     seated = {p["name"]: p["seat"] for p in record["manifest"]["recipe"]["people"]}
     assert len(chairs) == len(scene.seats) and plain_record["manifest"]["chairs"] == []
     assert {c["occupant"]: c["seat"] for c in chairs if c["occupant"]} == seated
-    # Chairs only ever hide people: a pixel of a person with chairs is that person's without.
+    # Chairs only ever hide people: a pixel of a person with chairs is that person's without,
+    # and each person's whole (unoccluded) silhouette is the same with and without them.
     person = chaired_mask > 0
     assert person.any() and (chaired_mask[person] == plain_mask[person]).all()
+    assert ((plain_mask > 0) & (chaired_mask == 0)).sum() > 10  # backrests do hide the sitters
+    full = {a["instance_id"]: a["segmentation_full"] for a in plain_record["annotations"]}
+    assert full and {a["instance_id"]: a["segmentation_full"] for a in record["annotations"]} == full
     # An empty chair's cushion shows in the image and belongs to nobody.
     camera = scene.camera_for(192)
     empty = next(c["seat"] for c in chairs if c["occupant"] is None)

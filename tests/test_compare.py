@@ -103,27 +103,37 @@ def _gap_stage(run: Path, s_level: float, count: int = 24, real_seed: int = 7) -
             pixels = np.clip(np.kron(coarse, np.ones((8, 8, 1))) + rng.normal(0, 0.03, (64, 64, 3)), 0, 1)
             crop = f"crops/c{index}.png"
             Image.fromarray((pixels * 255).astype(np.uint8)).save(folder / crop)
-            items.append({"crop_file": crop, "image_file": frames[index % len(frames)]})
+            items.append({"crop_file": crop, "image_file": frames[index % len(frames)], "person_id": index % 4})
         (folder / "records.json").write_text(json.dumps({"items": items}))
     (stage / "gap.json").write_text(json.dumps({"reference": "R_test"}))
 
 
-def test_gap_intervals_bootstrap_fd_against_the_same_real_crops(tmp_path: Path) -> None:
+def test_gap_intervals_bootstrap_fd_against_the_same_real_crops(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     counts = {0: [(1, 1, 1), (1, 0, 1)]}
     base, near = make_run(tmp_path, "base", counts), make_run(tmp_path, "near", counts)
     _gap_stage(base, s_level=0.9)
     _gap_stage(near, s_level=0.55)  # drawn like the real crops: closer
     comparison = compare({"base": base, "near": near}, "base", gap_resamples=60)
     intervals = comparison["gap_intervals"]
-    # Only R_test's frames count on the real side: 8 of the 12 crops are from a.jpg and b.jpg.
+    # Only R_test's frames count on the real side: 8 of the 12 crops are from a.jpg and b.jpg,
+    # of 4 people, resampled person by person.
     assert intervals["reference_crops"] == 8 and intervals["resamples"] == 60
+    assert intervals["reference_groups"] == 4
     entry = intervals["sets"]["near"]
     assert entry["crops"] == 24 and entry["fd"] < intervals["sets"]["base"]["fd"]
     assert entry["fd_diff_ci95"][1] < 0 and entry["share_closer_than_baseline"] == 1.0
-    assert "fd_diff_mean" not in intervals["sets"]["base"]
+    assert entry["fd_diff"] == pytest.approx(entry["fd"] - intervals["sets"]["base"]["fd"])
+    assert "fd_diff" not in intervals["sets"]["base"]
     assert "| near | 24 |" in render_markdown(comparison)
-    # The features are cached beside the crops and reused.
+    # The features are cached beside the crops and reused: no network runs the second time.
     assert (base / "gap" / "gap-0123456789ab" / "compare_features.npz").is_file()
+    from refiner_daemon.common import features
+
+    def no_features(*args: object, **kwargs: object) -> None:
+        raise AssertionError("features recomputed although cached")
+
+    monkeypatch.setattr(features, "pooled_features", no_features)
     assert compare({"base": base, "near": near}, "base", gap_resamples=60)["gap_intervals"] == intervals
 
 

@@ -86,10 +86,40 @@ def test_fd_differences_separate_a_closer_set_and_not_a_twin() -> None:
     near = rng.normal(0.3, 1.0, size=(200, 16))
     result = fd_differences({"far": far, "twin": twin, "near": near}, reference, "far", resamples=200, seed=1)
     sets = result["sets"]
-    assert result["reference_crops"] == 30 and sets["near"]["crops"] == 200
+    assert result["reference_crops"] == 30 and result["reference_groups"] == 30 and sets["near"]["crops"] == 200
     assert sets["near"]["fd_diff_ci95"][1] < 0 and sets["near"]["share_closer_than_baseline"] > 0.99
     low, high = sets["twin"]["fd_diff_ci95"]
     assert low < 0 < high
-    assert sets["far"]["fd_ci95"][0] <= sets["far"]["fd"] * 1.5 and "fd_diff_mean" not in sets["far"]
+    # A single FD's basic interval is for the populations' distance: FD from samples reads
+    # high, so the interval lies below the observed value, never above it.
+    for entry in sets.values():
+        assert entry["fd_ci95"][0] < entry["fd"]
+    assert sets["near"]["fd_diff"] == pytest.approx(sets["near"]["fd"] - sets["far"]["fd"])
+    assert "fd_diff" not in sets["far"]
     with pytest.raises(ValueError, match="baseline 'x'"):
         fd_differences({"far": far}, reference, "x", resamples=2)
+    with pytest.raises(ValueError, match="at least 2"):
+        fd_differences({"far": far}, reference, "far", resamples=0)
+
+
+def test_fd_differences_resample_reference_groups_whole() -> None:
+    """Ten near-copies of each of three real people: resampled one by one they look like 30
+    independent samples and the interval is too narrow; resampled by person it widens."""
+    from refiner_daemon.evaluation.statistics import fd_differences
+
+    rng = np.random.default_rng(4)
+    people = rng.normal(0.0, 1.0, size=(3, 8))
+    reference = np.repeat(people, 10, axis=0) + rng.normal(0, 0.05, size=(30, 8))
+    groups = np.repeat(np.arange(3), 10)
+    sets = {"a": rng.normal(0.5, 1.0, size=(150, 8)), "b": rng.normal(0.0, 1.0, size=(150, 8))}
+    by_crop = fd_differences(sets, reference, "a", resamples=300, seed=2)
+    by_person = fd_differences(sets, reference, "a", resamples=300, seed=2, reference_groups=groups)
+    assert by_person["reference_groups"] == 3
+
+    def width(result: dict) -> float:
+        low, high = result["sets"]["b"]["fd_ci95"]
+        return high - low
+
+    assert width(by_person) > 1.5 * width(by_crop)
+    with pytest.raises(ValueError, match="3 labels for 30"):
+        fd_differences(sets, reference, "a", resamples=2, reference_groups=np.arange(3))

@@ -320,10 +320,13 @@ class FrameRenderer:
         image = dataset.composite_over_photo(combined, catcher, self.photo)
         sensor = None
         if self.config.sensor is not None:
-            # The real camera's look, on every person (hidden ones too) and nothing else.
+            # The real camera's look, on every person (hidden ones too) and every chair: on
+            # what was rendered, not on the photo, which has that look already.
             covered = (ids > 0).astype(np.float64)
             for person_coverage in coverage.values():
                 covered = np.maximum(covered, person_coverage)
+            if chairs:
+                covered = np.maximum(covered, np.clip(combined[..., 3], 0.0, 1.0))
             sensor = camera_sensor.SensorRecipe.sample(
                 camera_sensor.SensorProfile.from_dict(self.config.sensor), recipe.seed)
             image = camera_sensor.apply_sensor(image, covered, sensor, recipe.seed)

@@ -299,27 +299,32 @@ def add_chairs(chairs: Sequence[Chair], style: ChairStyle) -> bpy.types.Collecti
     fabric cushion and backrest and a metal frame, object index 0 (never a person's)."""
     collection = bpy.data.collections.new(CHAIR_COLLECTION)
     bpy.context.scene.collection.children.link(collection)
-    materials = {
-        "fabric": _material("chair_fabric", srgb_to_linear(np.asarray(style.fabric_srgb)).tolist(), roughness=0.9),
-        "frame": _material("chair_frame", srgb_to_linear(np.asarray(style.frame_srgb)).tolist(), roughness=0.35),
-    }
-    materials["frame"].node_tree.nodes["Principled BSDF"].inputs["Metallic"].default_value = 0.8
-    for chair in chairs:
-        for part in chair.parts:
-            obj = add_box(f"chair_{chair.seat}_{part.name}", part.center, part.size, part.yaw_deg,
-                          material=materials[part.material], collection=collection)
-            obj.pass_index = 0
+    materials: dict[str, bpy.types.Material] = {}
+    try:
+        materials["fabric"] = _material("chair_fabric", srgb_to_linear(np.asarray(style.fabric_srgb)).tolist(),
+                                        roughness=0.9)
+        materials["frame"] = _material("chair_frame", srgb_to_linear(np.asarray(style.frame_srgb)).tolist(),
+                                       roughness=0.35)
+        materials["frame"].node_tree.nodes["Principled BSDF"].inputs["Metallic"].default_value = 0.8
+        for chair in chairs:
+            for part in chair.parts:
+                obj = add_box(f"chair_{chair.seat}_{part.name}", part.center, part.size, part.yaw_deg,
+                              material=materials[part.material], collection=collection)
+                obj.pass_index = 0
+    except BaseException:
+        remove_chairs(collection, list(materials.values()))  # what was built so far
+        raise
     return collection
 
 
-def remove_chairs(collection: bpy.types.Collection) -> None:
-    """Delete a frame's chairs, their meshes and their materials."""
-    materials = {slot for obj in collection.objects for slot in obj.data.materials}
+def remove_chairs(collection: bpy.types.Collection, materials: Sequence[bpy.types.Material] = ()) -> None:
+    """Delete a frame's chairs, their meshes and their materials (theirs, and ``materials``)."""
+    owned = {*materials, *(slot for obj in collection.objects for slot in obj.data.materials)}
     for obj in list(collection.objects):
         mesh = obj.data
         bpy.data.objects.remove(obj, do_unlink=True)
         bpy.data.meshes.remove(mesh)
-    for material in materials:
+    for material in owned:
         bpy.data.materials.remove(material)
     bpy.data.collections.remove(collection)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from blender_addon.core.batch import PersonRecipe
+from blender_addon.core.placement import PlacementConfig
 from blender_addon.core.scene_format import SceneSpec, Seat
 
 SEAT_WIDTH_M = 0.46
@@ -107,21 +108,29 @@ def part_corners(part: ChairPart) -> np.ndarray:
     return (signs * half) @ rotation.T + np.asarray(part.center, dtype=np.float64)
 
 
-def frame_chairs(scene: SceneSpec, people: Sequence[PersonRecipe]) -> list[Chair]:
-    """One chair per seat of a scene that asks for chairs (none otherwise): under its seated
-    person (their place and heading, jitter included) or empty at the seat's own facing."""
+def frame_chairs(scene: SceneSpec, people: Sequence[PersonRecipe],
+                 spacing_m: float = 2 * PlacementConfig().sitting_radius_m) -> list[Chair]:
+    """The chairs of a frame of a scene that asks for them (none otherwise), in seat order:
+    under each seated person (their place and heading, jitter included), and empty at the
+    seat's own facing on every other seat whose point is at least ``spacing_m`` from each
+    chair already there (placement leaves seats that close to a seated person empty, and two
+    chairs there would intersect)."""
     if scene.chairs is None:
         return []
     seated = {p.seat: p for p in people if p.kind == "sitting"}
-    chairs = []
+    taken = {name: person.location[:2] for name, person in seated.items()}
+    chairs = {}
     for seat in scene.seats:
         person = seated.get(seat.name)
-        if person is None:
-            chairs.append(Chair(seat.name, None, empty_chair(seat)))
+        if person is not None:
+            x, y, z = person.location
+            chairs[seat.name] = Chair(seat.name, person.name, chair_parts((x, y), z, person.heading_rad))
+    for seat in scene.seats:
+        if seat.name in seated or any(math.dist(seat.position, xy) < spacing_m for xy in taken.values()):
             continue
-        x, y, z = person.location
-        chairs.append(Chair(seat.name, person.name, chair_parts((x, y), z, person.heading_rad)))
-    return chairs
+        taken[seat.name] = seat.position
+        chairs[seat.name] = Chair(seat.name, None, empty_chair(seat))
+    return [chairs[seat.name] for seat in scene.seats if seat.name in chairs]
 
 
 def empty_chair(seat: Seat) -> tuple[ChairPart, ...]:

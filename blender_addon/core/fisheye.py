@@ -352,7 +352,8 @@ class FisheyeCamera:
         ys, xs = np.mgrid[0:self.height, 0:self.width]
         centres = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5], axis=1)
         theta, _ = self._pixel_angles(centres, settings)
-        return (theta <= settings.fisheye_fov / 2.0 + 1e-12).reshape(self.height, self.width)
+        # |theta|: a lens polynomial can map the rim to negative angles, which Cycles skips too.
+        return (np.abs(theta) <= settings.fisheye_fov / 2.0 + 1e-12).reshape(self.height, self.width)
 
     def _pixel_angles(self, pixels: np.ndarray, settings: CyclesCameraSettings) -> tuple[np.ndarray, np.ndarray]:
         """Off-axis angle theta and azimuth phi (camera frame) of output pixels' rays."""

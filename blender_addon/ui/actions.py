@@ -86,6 +86,26 @@ def load_scene(folder: str, long_side: int | None = 1024) -> SceneSpec:
     return spec
 
 
+Counts = tuple[tuple[int, int], tuple[int, int]]  # (sitting, standing) inclusive ranges
+
+
+def people_counts_after_load(spec: SceneSpec, current: Counts) -> Counts | None:
+    """The panel's people counts once ``spec`` is loaded, as the render CLI defaults them: the
+    room's occupancy where it has one. A room without one gets thesis Table 7.2 if the counts
+    still hold what the previous room's occupancy set, and keeps the artist's own otherwise
+    (None: leave them)."""
+    applied = _STATE.get("occupancy_counts")
+    if spec.occupancy is not None:
+        counts: Counts = (spec.occupancy.sitting, spec.occupancy.standing)
+        _STATE["occupancy_counts"] = counts
+        return counts
+    _STATE["occupancy_counts"] = None
+    if applied is not None and tuple(map(tuple, current)) == applied:
+        placement = PlacementConfig()
+        return (placement.sitting_range, placement.standing_range)
+    return None
+
+
 def load_scene_spec(folder: str) -> SceneSpec:
     return read_scene(scene_objects.scene_folder_of(folder))
 

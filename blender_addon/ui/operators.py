@@ -92,13 +92,14 @@ class FSYNTH_OT_load_scene(_Action, bpy.types.Operator):
             raise actions.ActionError("choose a scene folder first (e.g. scenes/sample_office)")
         spec = actions.load_scene(settings.scene_dir, settings.preview_resolution)
         message = f"loaded {spec.name}: {len(spec.furniture)} furniture, {len(spec.seats)} seats"
-        if spec.occupancy is not None:
-            # The room says how many people it holds (as the render CLI's default does).
-            (settings.sitting_min, settings.sitting_max) = spec.occupancy.sitting
-            (settings.standing_min, settings.standing_max) = spec.occupancy.standing
-            message += (f"; people per frame from the scene: {'-'.join(map(str, spec.occupancy.sitting))} "
-                        f"sitting, {'-'.join(map(str, spec.occupancy.standing))} standing")
-        return message
+        current = ((settings.sitting_min, settings.sitting_max), (settings.standing_min, settings.standing_max))
+        counts = actions.people_counts_after_load(spec, current)
+        if counts is None:
+            return message
+        (settings.sitting_min, settings.sitting_max), (settings.standing_min, settings.standing_max) = counts
+        (sitting, standing), source = counts, ("the scene's occupancy" if spec.occupancy else "thesis Table 7.2")
+        return (f"{message}; people per frame ({source}): {sitting[0]}-{sitting[1]} sitting, "
+                f"{standing[0]}-{standing[1]} standing")
 
 
 class FSYNTH_OT_add_proxy(_Action, bpy.types.Operator):

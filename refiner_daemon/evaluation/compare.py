@@ -12,9 +12,10 @@ comparison reports:
 - the run's person-crop and whole-frame FD and KID to R_test, where it measured them;
 - with ``--gap-intervals N``, how far each run's person-crop FD could move and its difference
   to the baseline's, bootstrapped over the crops (:func:`statistics.fd_differences`; the R_test
-  crops are resampled once per draw for all runs, which must have cut the same ones). The
-  features are the gap stage's (MobileNetV2, 224 px) of the crops that stage cut, cached next
-  to them as ``compare_features.npz``.
+  crops are resampled once per draw for all runs, which must have cut the same ones, and by
+  real person: one person's crops in neighbouring frames are near copies). The features are
+  the gap stage's (MobileNetV2, 224 px) of the crops that stage cut, cached next to them as
+  ``compare_features.npz``.
 
 Per-frame counts come from each detector's ``test.json`` next to its checkpoint, so the
 comparison needs the run folders, not only their ``results.json``.
@@ -124,23 +125,25 @@ def _gap_stage(out_dir: Path) -> Path:
     return stages[0]
 
 
-def _crop_paths(crop_dir: Path, frames: set[str] | None) -> list[Path]:
+def _crop_items(crop_dir: Path, frames: set[str] | None) -> list[dict[str, Any]]:
     records = json.loads((crop_dir / "records.json").read_text(encoding="utf-8"))
-    return [crop_dir / item["crop_file"] for item in records["items"]
-            if frames is None or Path(item["image_file"]).name in frames]
+    return [item for item in records["items"] if frames is None or Path(item["image_file"]).name in frames]
 
 
 def person_features(out_dir: Path, test_frames: list[str], extractor: Any) -> dict[str, Any]:
     """The run's gap-stage person crops of S and of R_test, as features (cached beside them),
-    and a fingerprint of the R_test crops' bytes."""
+    the real person of each R_test crop, and a fingerprint of the R_test crops' bytes."""
     import hashlib
 
     from refiner_daemon.common.features import pooled_features
     from refiner_daemon.evaluation.gap import MOBILENET_SIZE
 
     stage = _gap_stage(out_dir)
-    paths = {"S": _crop_paths(stage / "crops" / "S", None),
-             "R_test": _crop_paths(stage / "crops" / "R_test", set(test_frames))}
+    items = {"S": _crop_items(stage / "crops" / "S", None),
+             "R_test": _crop_items(stage / "crops" / "R_test", set(test_frames))}
+    paths = {k: [stage / "crops" / k / item["crop_file"] for item in v] for k, v in items.items()}
+    # Crops without a person id (none in CEPDOF) count as people of their own.
+    people = np.array([str(item.get("person_id", f"crop {i}")) for i, item in enumerate(items["R_test"])])
     names = {k: np.array([p.name for p in v]) for k, v in paths.items()}
     cache = stage / FEATURE_CACHE
     features: dict[str, np.ndarray] = {}
@@ -157,7 +160,7 @@ def person_features(out_dir: Path, test_frames: list[str], extractor: Any) -> di
     digest = hashlib.sha256()
     for path in sorted(paths["R_test"]):
         digest.update(path.name.encode() + path.read_bytes())
-    return {**features, "reference_sha256": digest.hexdigest()}
+    return {**features, "R_test_people": people, "reference_sha256": digest.hexdigest()}
 
 
 def gap_intervals(runs: dict[str, Path], baseline: str, test_frames: list[str], resamples: int,
@@ -172,8 +175,9 @@ def gap_intervals(runs: dict[str, Path], baseline: str, test_frames: list[str], 
     if len(set(fingerprints.values())) != 1:
         raise CliError(f"the runs cut different R_test crops ({fingerprints}); FD intervals need the same "
                        "real people on every side: use one real folder and crop rule in every config")
-    reference = loaded[baseline]["R_test"]
-    return fd_differences({label: f["S"] for label, f in loaded.items()}, reference, baseline, resamples, seed)
+    reference = loaded[baseline]
+    return fd_differences({label: f["S"] for label, f in loaded.items()}, reference["R_test"], baseline,
+                          resamples, seed, reference_groups=reference["R_test_people"])
 
 
 def render_markdown(comparison: dict[str, Any]) -> str:
@@ -211,17 +215,17 @@ def render_markdown(comparison: dict[str, Any]) -> str:
         for label, entry in intervals["sets"].items():
             low, high = entry["fd_ci95"]
             row = f"| {label} | {entry['crops']} | {entry['fd']:.1f} | [{low:.1f}, {high:.1f}] |"
-            if "fd_diff_mean" in entry:
+            if "fd_diff" in entry:
                 d_low, d_high = entry["fd_diff_ci95"]
-                row += (f" {entry['fd_diff_mean']:+.1f} | [{d_low:+.1f}, {d_high:+.1f}] "
+                row += (f" {entry['fd_diff']:+.1f} | [{d_low:+.1f}, {d_high:+.1f}] "
                         f"| {entry['share_closer_than_baseline']:.2f} |")
             else:
                 row += " (baseline) | | |"
             lines.append(row)
         lines += ["", (f"{intervals['resamples']} draws; each resamples the {intervals['reference_crops']} "
-                       "R_test crops once for every run (paired) and each run's S crops on their own. FD "
-                       "on resampled sets reads higher than on the sets themselves; compare the "
-                       "differences."), ""]
+                       f"R_test crops by real person ({intervals['reference_groups']} people) once for "
+                       "every run (paired) and each run's S crops on their own; 95 % basic bootstrap "
+                       "intervals around the observed values."), ""]
     return "\n".join(lines)
 
 
