@@ -225,7 +225,9 @@ def render_markdown(comparison: dict[str, Any]) -> str:
         lines += ["", (f"{intervals['resamples']} draws; each resamples the {intervals['reference_crops']} "
                        f"R_test crops by real person ({intervals['reference_groups']} people) once for "
                        "every run (paired) and each run's S crops on their own; 95 % basic bootstrap "
-                       "intervals around the observed values."), ""]
+                       "intervals. A single FD's interval is for the distance between the populations: "
+                       "FD from a few dozen crops reads high, so it lies below the observed value. The "
+                       "differences, where that bias mostly cancels, are what to read."), ""]
     return "\n".join(lines)
 
 
