@@ -11,6 +11,7 @@ import argparse
 import io
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +29,21 @@ from protocol.fileio import atomic_write_bytes, atomic_write_json
 SPACING = 1.25  # metres between people in a row
 PIXELS_PER_METRE = 110
 SEAT_HEIGHT = 0.45
+
+
+def portable_paths(value: object, start: Path) -> object:
+    """``value`` with every absolute path string made relative to ``start``.
+
+    The records are committed next to the sheet (docs/images), so the asset and BVH paths they
+    name must read as they do from the repository root, not as on the machine that rendered.
+    """
+    if isinstance(value, dict):
+        return {key: portable_paths(item, start) for key, item in value.items()}
+    if isinstance(value, list):
+        return [portable_paths(item, start) for item in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return os.path.relpath(value, start)
+    return value
 
 
 def _setup_scene(samples: int, lighting: str = "sun") -> bpy.types.Scene:
@@ -134,7 +150,7 @@ def build_sheet(out: Path, count: int, seed: int, mocap: Path | None, samples: i
     buffer = io.BytesIO()
     sheet.save(buffer, "JPEG", quality=85)
     atomic_write_bytes(out, buffer.getvalue())
-    atomic_write_json(out.with_suffix(".json"), {"seed": seed, "people": records})
+    atomic_write_json(out.with_suffix(".json"), {"seed": seed, "people": portable_paths(records, Path.cwd())})
     for png in tmp.iterdir():
         png.unlink()
     tmp.rmdir()
