@@ -161,7 +161,8 @@ def test_render_job_spec_builds_cli_arguments_and_names_bad_fields() -> None:
 
     parsed = build_parser().parse_args(args)  # the render CLI accepts exactly these options
     assert parsed.count == 3 and parsed.sitting == (1, 2) and parsed.human_backend == "proxy"
-    assert parsed.mask_mode == "hard" and parsed.sensor == "photo"
+    assert parsed.mask_mode == "hard" and parsed.sensor == "photo" and parsed.workers == "auto"
+    assert build_parser().parse_args(pp.RenderJobSpec(scene_dir="s", out_dir="o", workers=3).arguments()).workers == 3
     assert "--sensor" not in pp.RenderJobSpec(scene_dir="s", out_dir="o").arguments()
     with pytest.raises(pp.PreviewError, match="mask_mode"):
         pp.RenderJobSpec(scene_dir="s", out_dir="o", mask_mode="fuzzy")

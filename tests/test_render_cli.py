@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from fake_render_worker import fake_backend
+from hypothesis import given
+from hypothesis import strategies as st
 
 from blender_addon.core import batch
 from blender_addon.core.batch import BatchConfig, BatchError, RenderSettings
@@ -98,10 +100,54 @@ def test_pool_recycles_workers_and_resume_renders_only_missing(tmp_path: Path,
     (out / "fail_on_4").unlink()
     (out / "chunks.log").unlink()
     assert run(_args(out, "--workers", "2", "--frames-per-worker", "3"), fake_backend()) == 0
-    assert (out / "chunks.log").read_text().split() == ["4,5"]
+    # Two frames left for two workers: one each, not both to one worker while the other idles.
+    assert sorted((out / "chunks.log").read_text().split()) == ["4", "5"]
     coco = json.loads((out / "coco.json").read_text())
     assert [im["id"] for im in coco["images"]] == list(range(7))
     assert "2 to render" in capsys.readouterr().out
+
+
+def test_chunks_keep_every_worker_busy() -> None:
+    frames = list(range(10))
+    assert batch.chunk_frames(frames, 25, 2) == [frames[:5], frames[5:]]
+    assert batch.chunk_frames(frames, 4, 2) == [frames[:4], frames[4:8], frames[8:]]  # enough chunks
+    assert batch.chunk_frames(frames[:5], 25, 3) == [[0, 1], [2, 3], [4]]
+    assert batch.chunk_frames([7], 25, 8) == [[7]] and batch.chunk_frames([], 3, 2) == []
+
+
+@given(st.lists(st.integers(0, 10**6), unique=True, max_size=200), st.integers(1, 40), st.integers(1, 16))
+def test_chunks_cover_the_frames_in_order_within_the_size_limit(frames: list[int], size: int,
+                                                                parallel: int) -> None:
+    chunks = batch.chunk_frames(frames, size, parallel)
+    assert [f for chunk in chunks for f in chunk] == frames
+    assert all(1 <= len(chunk) <= size for chunk in chunks)
+    assert len(chunks) >= min(parallel, len(frames))
+
+
+def test_auto_workers_is_one_per_cpu_as_memory_allows() -> None:
+    per_worker = batch.worker_memory_bytes(1024)
+    assert per_worker > batch.worker_memory_bytes(512) > 0
+    assert batch.auto_workers(8, 1024, None)[0] == 8
+    assert batch.auto_workers(8, 1024, 100 * per_worker)[0] == 8
+    workers, why = batch.auto_workers(8, 1024, 3 * per_worker + 1)
+    assert workers == 3 and "holds 3" in why and "8 CPUs" in why
+    assert batch.auto_workers(8, 1024, per_worker // 2)[0] == 1  # never 0: one worker always runs
+    assert batch.auto_workers(8, 1024, None, threads=3)[0] == 2  # --threads 3: 3 CPUs per worker
+    assert batch.available_memory_bytes() is None or batch.available_memory_bytes() > 0
+
+
+def test_workers_default_to_auto(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "o"
+    assert run(_args(out), fake_backend()) == 0
+    printed = capsys.readouterr().out
+    line = next(line for line in printed.splitlines() if line.startswith("--workers auto: "))
+    workers = int(line.split()[2])
+    assert 1 <= workers and "CPUs" in line
+    # 7 frames, at most 25 per worker process: one chunk per worker (up to 7).
+    assert len((out / "chunks.log").read_text().split()) == min(workers, 7)
+    with pytest.raises(SystemExit) as exit_info:
+        run(_args(tmp_path / "p", "--workers", "many"), fake_backend())
+    assert exit_info.value.code == 2 and "expected a number of workers or 'auto'" in capsys.readouterr().err
 
 
 def test_a_run_folder_refuses_a_different_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

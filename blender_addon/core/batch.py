@@ -18,6 +18,7 @@ to the parent ends them) and get a parent-death signal (``kill -9`` of the paren
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -365,8 +366,64 @@ class PoolReport:
     seconds: float
 
 
-def chunk_frames(frames: Sequence[int], frames_per_worker: int) -> list[list[int]]:
-    return [list(frames[i:i + frames_per_worker]) for i in range(0, len(frames), frames_per_worker)]
+def chunk_frames(frames: Sequence[int], frames_per_worker: int, parallel: int = 1) -> list[list[int]]:
+    """Consecutive chunks of ``frames_per_worker`` frames (the last may be shorter); when that
+    gives fewer chunks than ``parallel`` workers, ``parallel`` chunks whose sizes differ by at
+    most one instead: 10 frames for 2 workers are 2 chunks of 5, not one chunk of 10 that
+    leaves a worker idle."""
+    size = frames_per_worker
+    if 0 < len(frames) and math.ceil(len(frames) / size) < parallel:
+        chunks = min(parallel, len(frames))
+        base, extra = divmod(len(frames), chunks)
+        bounds = [0, *itertools.accumulate(base + (i < extra) for i in range(chunks))]
+        return [list(frames[a:b]) for a, b in itertools.pairwise(bounds)]
+    return [list(frames[i:i + size]) for i in range(0, len(frames), size)]
+
+
+# Peak resident memory of one render worker process, measured: 894 MiB at 512 px and
+# 1455 MiB at 1024 px (8 dressed MakeHuman people in the real Lunch3 room, soft masks; see
+# docs/rendering.md). Modelled as a fixed part plus a part per output pixel, with headroom
+# for bigger crowds and garments.
+WORKER_MEMORY_FIXED_BYTES = 741_000_000
+WORKER_MEMORY_BYTES_PER_PIXEL = 750
+WORKER_MEMORY_HEADROOM = 1.25
+
+
+def worker_memory_bytes(resolution: int) -> int:
+    """What one render worker may need at ``resolution`` px (the long side of a square frame)."""
+    need = WORKER_MEMORY_FIXED_BYTES + WORKER_MEMORY_BYTES_PER_PIXEL * resolution * resolution
+    return int(need * WORKER_MEMORY_HEADROOM)
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the kernel can give new processes without swapping (Linux ``MemAvailable``);
+    None where it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def auto_workers(cpus: int, resolution: int, available: int | None, threads: int = 1) -> tuple[int, str]:
+    """``--workers auto``: one worker per ``threads`` CPUs (one Cycles thread each unless told
+    otherwise, the fastest setting measured: ``bench scale``, part ``workers``), but no more
+    than ``available`` memory holds. Returns the count and a sentence that says why."""
+    per_worker = worker_memory_bytes(resolution)
+    workers = max(1, cpus // max(1, threads))
+    why = f"{cpus} CPUs" + (f", {threads} threads per worker" if threads > 1 else "")
+    if available is not None:
+        fit = max(1, available // per_worker)
+        if fit < workers:
+            workers = fit
+            why = (f"{cpus} CPUs, but {available / 2**30:.1f} GiB free holds {fit} at about "
+                   f"{per_worker / 2**30:.1f} GiB per worker at {resolution} px")
+        else:
+            why += f", {available / 2**30:.1f} GiB free (about {per_worker / 2**30:.1f} GiB per worker)"
+    return workers, why
 
 
 def run_worker_pool(
@@ -389,8 +446,7 @@ def run_worker_pool(
         raise BatchError(f"--workers must be >= 1, got {workers}")
     if frames_per_worker < 1:
         raise BatchError(f"--frames-per-worker must be >= 1, got {frames_per_worker}")
-    # Interleave chunks so concurrent workers start on different parts of the run.
-    queue = chunk_frames(frames, frames_per_worker)
+    queue = chunk_frames(frames, frames_per_worker, workers)
     running: list[tuple[subprocess.Popen[bytes], list[int]]] = []
     failed: list[tuple[list[int], int]] = []
     done: set[int] = set()

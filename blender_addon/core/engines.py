@@ -127,7 +127,8 @@ class LocalEngine:
                                      self.options.frames_per_worker, progress)
         failed = {tuple(chunk): code for chunk, code in pool.failed_workers}
         tasks = []
-        for number, chunk in enumerate(batch.chunk_frames(frames, self.options.frames_per_worker)):
+        for number, chunk in enumerate(batch.chunk_frames(frames, self.options.frames_per_worker,
+                                                          self.options.workers)):
             code = failed.get(tuple(chunk))
             tasks.append(TaskRecord(number, chunk, "ok" if code is None else "failed", 1,
                                     [] if code is None else [f"worker exited with code {code}"],
@@ -193,8 +194,7 @@ class RayEngine:
         ray = import_ray()
         start = time.monotonic()
         out = out.resolve()
-        tasks = [TaskRecord(number, chunk) for number, chunk
-                 in enumerate(batch.chunk_frames(frames, self.options.frames_per_worker))]
+        tasks: list[TaskRecord] = []
         # Workers run `python -m blender_addon...`: make the project importable wherever the
         # task lands, whatever the Ray worker's own working directory is.
         python_path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
@@ -206,6 +206,10 @@ class RayEngine:
             started_ray = ray_session.connect(ray, self.options.address, self.options.ray_cpus,
                                                   BatchError)
             connect_seconds = time.monotonic() - start
+            # As many chunks as tasks can run at once (when there are that many frames).
+            slots = int(ray.cluster_resources().get("CPU", 1) // self.options.threads)
+            tasks += [TaskRecord(number, chunk) for number, chunk in enumerate(
+                batch.chunk_frames(frames, self.options.frames_per_worker, slots))]
             try:
                 remote = ray.remote(num_cpus=self.options.threads,
                                     max_retries=self.options.max_retries,

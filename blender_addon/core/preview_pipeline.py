@@ -531,7 +531,7 @@ class RenderJobSpec:
     standing: tuple[int, int] = (0, 4)
     human_backend: str = "mpfb2"
     pose_library: str = ""
-    workers: int = 1
+    workers: int | None = None  # None: --workers auto (one per CPU, as memory allows)
     denoise: bool | None = None
     motion_blur: float | None = None
     mask_mode: str = "soft"  # soft: anti-aliased coverage PNGs too; hard: instance ids only
@@ -556,7 +556,7 @@ class RenderJobSpec:
                 "--seed", str(self.seed), "--preset", self.preset,
                 "--sitting", f"{self.sitting[0]},{self.sitting[1]}",
                 "--standing", f"{self.standing[0]},{self.standing[1]}",
-                "--human-backend", self.human_backend, "--workers", str(self.workers),
+                "--human-backend", self.human_backend, "--workers", "auto" if self.workers is None else str(self.workers),
                 "--no-progress"]
         if self.resolution:
             args += ["--resolution", str(self.resolution)]

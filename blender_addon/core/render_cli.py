@@ -50,9 +50,9 @@ examples:
   blender -b --factory-startup --python-use-system-env --python-exit-code 1 \\
       -P blender_addon/bl/cli_entry.py -- \\
       --scene scenes/sample_office --count 8 --preset fast --out out/render_demo
-  # 1000 frames at default quality, 2 local worker processes, resumable
+  # 1000 frames at default quality, one worker process per CPU (as memory allows), resumable
   python -m blender_addon.bl.cli_entry --scene scenes/sample_office --count 1000 \\
-      --seed 7 --workers 2 --out out/s1000
+      --seed 7 --out out/s1000
   # machine 3 of a 16-machine job array (all write into the same --out, or merge after)
   python -m blender_addon.bl.cli_entry ... --shard 3/16
   # the same 1000 frames as Ray tasks on a local Ray instance of 8 CPUs (2 per task)
@@ -149,9 +149,11 @@ def build_parser(prog: str = "python -m blender_addon.bl.cli_entry") -> argparse
                        help="same as --mask-mode hard")
     run = parser.add_argument_group("how to run")
     run.add_argument("--shard", default="0/1", help="render only shard i of N (i/N, default 0/1)")
-    run.add_argument("--workers", type=int, default=1,
-                     help="local worker processes (default 1; 0 renders in this process); "
-                          "with --engine ray, Ray's free CPUs decide how many tasks run at once")
+    run.add_argument("--workers", type=_workers_option, default="auto",
+                     help="local worker processes (default auto: one per CPU, each with one "
+                          "Cycles thread, as many as free memory holds; 0 renders in this "
+                          "process); with --engine ray, Ray's free CPUs decide how many tasks "
+                          "run at once")
     run.add_argument("--frames-per-worker", type=int, default=25,
                      help="a worker process exits after this many frames and a fresh one takes "
                           "over, so memory cannot creep (default 25)")
@@ -264,6 +266,15 @@ def _people_ranges(scene: str, sitting: tuple[int, int] | None,
             tuple(standing) if standing is not None else defaults[1])
 
 
+def _workers_option(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of workers or 'auto', got {text!r}") from None
+
+
 def _write_contact_sheet(out: Path, path: Path) -> None:
     import io
 
@@ -304,6 +315,13 @@ def run(argv: Sequence[str], backend: Backend) -> int:
                                    "replace it with a complete image of the empty room")
         check_capacity(scene, config.placement)
         shard = batch.parse_shard(args.shard)
+        auto_workers = None  # why --workers auto chose its count, for the log
+        if args.workers == "auto":
+            args.workers = 1
+            if args.engine == "local":
+                args.workers, auto_workers = batch.auto_workers(
+                    ray_session.cpu_count(), config.render.resolution, batch.available_memory_bytes(),
+                    threads=args.threads or 1)
         if args.workers < 0:
             raise BatchError(f"--workers must be >= 0, got {args.workers}")
         if args.engine != "local" and args.workers == 0:
@@ -322,6 +340,8 @@ def run(argv: Sequence[str], backend: Backend) -> int:
                               "camera": scene.camera_for(config.render.resolution).to_dict()}, indent=2))
             return 0
         batch.prepare_run_folder(out, config)
+        if auto_workers is not None:
+            print(f"--workers auto: {args.workers} ({auto_workers})", flush=True)
     except (BatchError, SceneFormatError, PlacementError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

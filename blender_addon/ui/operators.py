@@ -285,7 +285,7 @@ class FSYNTH_OT_batch_render(_Action, bpy.types.Operator):
             standing=(settings.standing_min, settings.standing_max),
             human_backend="proxy" if settings.human_backend == "proxy" else "mpfb2",
             pose_library=bpy.path.abspath(settings.pose_library) if settings.pose_library else "",
-            workers=settings.batch_workers, mask_mode=settings.batch_mask_mode,
+            workers=settings.batch_workers or None, mask_mode=settings.batch_mask_mode,
             sensor=_sensor_choice(settings))
         process = actions.start_batch_render(job)
         return f"batch render started: {' '.join(process.command[-6:])}"

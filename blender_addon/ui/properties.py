@@ -99,8 +99,9 @@ class FSYNTH_PG_settings(bpy.types.PropertyGroup):
     batch_count: bpy.props.IntProperty(name="Frames", default=10, min=1, description="Number of frames to render")
     batch_preset: bpy.props.EnumProperty(name="Preset", items=PRESET_ITEMS, default="fast",
                                          description="Quality preset of the render CLI")
-    batch_workers: bpy.props.IntProperty(name="Workers", default=1, min=1, max=64,
-                                         description="Worker processes of the render CLI")
+    batch_workers: bpy.props.IntProperty(
+        name="Workers", default=0, min=0, max=64,
+        description="Worker processes of the render CLI; 0: one per CPU, as many as free memory holds")
     batch_mask_mode: bpy.props.EnumProperty(
         name="Masks", items=MASK_MODE_ITEMS, default="soft",
         description="Soft: also write each person's anti-aliased coverage (used to paste refined crops back)")
