@@ -14,7 +14,9 @@
    that window (its own Cycles seed). Inside the region, a region render's pixels equal the
    full render's (``tests/test_render_region.py``), so the window scores the frame.
    ``speedup_at_equal_psnr_people`` is the thesis time over the fastest setting whose people
-   PSNR is at least the thesis's (null when none is).
+   PSNR is at least the thesis's (null when none is); the ``quality`` preset is the setting
+   tuned for it. Two rows without the denoiser (1 and 64 samples) show what a frame costs
+   whatever is traced, and what the denoiser adds.
 3. **Workers per machine**: rendering the chain's frames with 1 and 2 local worker processes
    and on a local Ray instance of 1 and 2 CPUs, against one local worker on one thread; the
    best setting and the Ray engine's scaling from 1 to 2 CPUs.
@@ -39,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from bench.report import RESULTS_DIR, print_table, write_result
+from blender_addon.core.batch import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = str(ROOT / "scenes" / "sample_office")
@@ -48,14 +51,21 @@ CROP = 64
 QUALITY_RESOLUTION = 512
 QUALITY_WINDOW = 128
 REFERENCE_SAMPLES = 2048
-# (name, preset overrides): the thesis's setting, then region renders.
+QUALITY_PRESET = {k: getattr(PRESETS["quality"], k) for k in ("samples", "adaptive_threshold", "denoise", "region")}
+# (name, overrides of the default preset): the thesis's setting, then region renders; the two
+# "no denoiser" rows split a frame's cost into what every frame pays (1 sample) and tracing.
 QUALITY_SETTINGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("thesis: 350 samples, every pixel", {"samples": 350, "adaptive_threshold": 0.0, "denoise": False,
                                          "region": "full"}),
     ("default: adaptive <=64 + OIDN, every pixel", {"region": "full"}),
     ("default + region", {"region": "people"}),
+    ("1 sample, no denoiser + region", {"samples": 1, "adaptive_threshold": 0.0, "denoise": False,
+                                        "region": "people"}),
+    ("64 samples, no denoiser + region", {"samples": 64, "adaptive_threshold": 0.0, "denoise": False,
+                                          "region": "people"}),
     ("adaptive <=128 + OIDN + region", {"samples": 128, "adaptive_threshold": 0.02, "region": "people"}),
     ("adaptive <=256 + OIDN + region", {"samples": 256, "adaptive_threshold": 0.01, "region": "people"}),
+    ("quality preset: adaptive <=350 (0.007) + OIDN + region", QUALITY_PRESET),
 )
 
 
