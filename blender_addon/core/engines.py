@@ -206,8 +206,9 @@ class RayEngine:
             started_ray = ray_session.connect(ray, self.options.address, self.options.ray_cpus,
                                                   BatchError)
             connect_seconds = time.monotonic() - start
-            # As many chunks as tasks can run at once (when there are that many frames).
-            slots = int(ray.cluster_resources().get("CPU", 1) // self.options.threads)
+            # At least as many chunks as tasks can start now (when there are that many frames):
+            # free CPUs, not the cluster's total, so a shared cluster is not flooded.
+            slots = int(ray.available_resources().get("CPU", 1) // self.options.threads)
             tasks += [TaskRecord(number, chunk) for number, chunk in enumerate(
                 batch.chunk_frames(frames, self.options.frames_per_worker, slots))]
             try:
