@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -298,8 +299,9 @@ def run(argv: Sequence[str], backend: Backend) -> int:
         if args.worker_frames is not None:
             # A worker never outlives the command that started it, and a stop signal ends it
             # at once: frames are written atomically, and Blender's render loop would swallow
-            # the exception a graceful stop raises.
-            processes.die_with_parent()
+            # the exception a graceful stop raises. The parent's death kills it outright: a
+            # Python handler waits until Blender's C code returns (seconds into a render).
+            processes.die_with_parent(signal.SIGKILL)
             processes.install_stop_handlers("render worker", exit_after_s=0)
             backend.render_in_process(out, args.worker_frames, args.threads)
             return 0
