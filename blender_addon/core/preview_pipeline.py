@@ -556,8 +556,8 @@ class RenderJobSpec:
                 "--seed", str(self.seed), "--preset", self.preset,
                 "--sitting", f"{self.sitting[0]},{self.sitting[1]}",
                 "--standing", f"{self.standing[0]},{self.standing[1]}",
-                "--human-backend", self.human_backend, "--workers", "auto" if self.workers is None else str(self.workers),
-                "--no-progress"]
+                "--human-backend", self.human_backend,
+                "--workers", "auto" if self.workers is None else str(self.workers), "--no-progress"]
         if self.resolution:
             args += ["--resolution", str(self.resolution)]
         if self.samples:
