@@ -44,7 +44,28 @@ def test_dry_run_prints_the_validated_config(tmp_path: Path, capsys: pytest.Capt
     assert printed["config"]["render"]["samples"] == 9
     assert printed["config"]["render"]["resolution"] == 512
     assert printed["camera"]["cycles"]["panorama_type"] == "FISHEYE_LENS_POLYNOMIAL"
+    assert printed["config"]["render"]["denoise_quality"] == "high"
     assert not (tmp_path / "o").exists()
+
+
+def test_denoise_quality_is_an_option_and_old_runs_still_resume(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(_args(tmp_path / "o", "--denoise-quality", "balanced", "--dry-run"), fake_backend()) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["render"]["denoise_quality"] == "balanced"
+    with pytest.raises(SystemExit):
+        run(_args(tmp_path / "o", "--denoise-quality", "best"), fake_backend())
+    assert "invalid choice: 'best'" in capsys.readouterr().err
+    with pytest.raises(BatchError, match=r"denoise_quality must be one of \('high', 'balanced', 'fast'\)"):
+        RenderSettings(denoise_quality="best")
+    # A run folder written before the option existed resumes with the quality it was made with.
+    out = tmp_path / "old"
+    assert run(_args(out, "--count", "2"), fake_backend()) == 0
+    config = json.loads((out / "run_config.json").read_text())
+    del config["config"]["render"]["denoise_quality"]
+    (out / "run_config.json").write_text(json.dumps(config))
+    assert batch.load_run_config(out).render.denoise_quality == "high"
+    assert run(_args(out, "--count", "3"), fake_backend()) == 0
+    assert "1 to render" in capsys.readouterr().out
 
 
 def test_people_per_frame_default_to_the_scene_occupancy(tmp_path: Path,

@@ -118,7 +118,8 @@ class FrameRenderer:
         render = config.render
         self.device = scene_build.configure_cycles(scene_build.CyclesOptions(
             samples=render.samples, adaptive_threshold=render.adaptive_threshold,
-            denoise=render.denoise, motion_blur_shutter=render.motion_blur_shutter,
+            denoise=render.denoise, denoise_quality=render.denoise_quality,
+            motion_blur_shutter=render.motion_blur_shutter,
             device=render.device, threads=threads,
             cryptomatte_depth=soft_masks.CRYPTOMATTE_DEPTH if render.mask_mode == "soft" else 0),
             self.camera.width, self.camera.height)

@@ -46,6 +46,7 @@ class CyclesOptions:
     adaptive_threshold: float  # 0 disables adaptive sampling
     denoise: bool
     motion_blur_shutter: float  # 0 disables motion blur
+    denoise_quality: str = "high"  # OpenImageDenoise's quality: high, balanced or fast
     device: str = "cpu"  # "cpu", "gpu" or "auto"
     threads: int = 0  # 0 = all cores
     seed: int = 0
@@ -91,6 +92,7 @@ def configure_cycles(options: CyclesOptions, width: int, height: int) -> str:
     scene.cycles.use_denoising = options.denoise
     if options.denoise:
         scene.cycles.denoiser = "OPENIMAGEDENOISE"
+        scene.cycles.denoising_quality = options.denoise_quality.upper()
     scene.cycles.seed = options.seed
     scene.cycles.use_animated_seed = False
     scene.render.use_motion_blur = options.motion_blur_shutter > 0

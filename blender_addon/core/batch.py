@@ -46,6 +46,10 @@ DEVICES = ("auto", "cpu", "gpu")
 # people: render only the rectangle the people and their visible shadows can change (the rest
 # of the frame is the photo; core.render_region); full: every pixel, as runs made before it did.
 REGIONS = ("people", "full")
+# OpenImageDenoise's quality (Cycles' denoising_quality): "high" is Blender's default and
+# costs about a third of a `fast` frame; "balanced" saves about a quarter of that frame for
+# about 1 dB less on the people (docs/rendering.md).
+DENOISE_QUALITIES = ("high", "balanced", "fast")
 
 
 class BatchError(ValueError):
@@ -64,6 +68,7 @@ class RenderSettings:
     samples: int = 64
     adaptive_threshold: float = 0.05  # 0 = off
     denoise: bool = True
+    denoise_quality: str = "high"
     motion_blur_shutter: float = 0.5  # in frames; 0 = off
     device: str = "auto"
     mask_mode: str = "soft"
@@ -76,6 +81,8 @@ class RenderSettings:
             raise BatchError(f"samples must be in [1, 65536], got {self.samples}")
         if not 0 <= self.adaptive_threshold < 1:
             raise BatchError(f"adaptive_threshold must be in [0, 1), got {self.adaptive_threshold}")
+        if self.denoise_quality not in DENOISE_QUALITIES:
+            raise BatchError(f"denoise_quality must be one of {DENOISE_QUALITIES}, got {self.denoise_quality!r}")
         if not 0 <= self.motion_blur_shutter <= 2:
             raise BatchError(f"motion_blur_shutter must be in [0, 2] frames, got {self.motion_blur_shutter}")
         if self.device not in DEVICES:
