@@ -197,7 +197,8 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
     render = batch.with_overrides(
         batch.preset(args.preset), resolution=args.resolution, samples=args.samples,
         adaptive_threshold=args.adaptive_threshold, denoise=args.denoise,
-        denoise_quality=getattr(args, "denoise_quality", None), motion_blur_shutter=args.motion_blur, device=args.device,
+        denoise_quality=getattr(args, "denoise_quality", None), motion_blur_shutter=args.motion_blur,
+        device=args.device,
         mask_mode=getattr(args, "mask_mode", None), region=_region(args))
     sitting, standing = _people_ranges(args.scene, args.sitting, args.standing)
     placement = PlacementConfig(sitting_range=sitting, standing_range=standing)
